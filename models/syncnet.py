@@ -1,0 +1,96 @@
+"""Latent SyncNet expert: does this window of face latents move in time with this window of speech?
+
+Face encoder over T stacked latents [B, T*C, h, w] (frame-major), audio encoder over the 2T Wav2Vec2 frames of
+the same window [B, 2T, D]; both end in ReLU and are L2-normalised, so cos(face, audio) is in [0, 1] and is
+read as the probability of being in sync (BCE loss, Wav2Lip's recipe). The spatial size is free: strides
+halve it and a global average pool ends the face encoder, so 96x96 (768 px crops) and 32x32 (256 px) both work.
+
+Variants (same depth, "xl" wider in the middle stages), about 14.8M and 21.9M parameters at T=5, D=768.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# (width, residual blocks after the stride-2 conv) per stage
+FACE_STAGES = {
+    "u": [(128, 2), (128, 3), (256, 2), (512, 2), (512, 0)],
+    "xl": [(128, 2), (256, 3), (512, 2), (512, 2), (512, 0)],
+}
+
+
+@dataclass
+class SyncNetConfig:
+    variant: str = "u"  # "u" or "xl"
+    T: int = 5  # video frames per window
+    latent_channels: int = 4
+    audio_dim: int = 768  # audio encoder hidden size
+    audio_frames: int = 10  # feature frames per window (2T at 25 fps)
+    face_region: str = "lower"  # "lower": rows h//2: of each latent (Wav2Lip); "full": whole face
+    embed_dim: int = 512
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ConvBlock(nn.Module):
+    """conv -> BatchNorm -> ReLU, with the input added before the ReLU when residual."""
+
+    def __init__(self, cin, cout, kernel, stride=1, padding=0, residual=False, dims=2):
+        super().__init__()
+        conv, norm = (nn.Conv2d, nn.BatchNorm2d) if dims == 2 else (nn.Conv1d, nn.BatchNorm1d)
+        self.conv = conv(cin, cout, kernel, stride, padding)
+        self.norm = norm(cout)
+        self.residual = residual
+
+    def forward(self, x):
+        y = self.norm(self.conv(x))
+        return F.relu(y + x if self.residual else y)
+
+
+class SyncNet(nn.Module):
+    def __init__(self, config: SyncNetConfig):
+        super().__init__()
+        if config.variant not in FACE_STAGES:
+            raise ValueError(f"unknown SyncNet variant {config.variant!r} (use one of {sorted(FACE_STAGES)})")
+        self.config = config
+        width = 128
+        layers = [ConvBlock(config.T * config.latent_channels, width, 7, 1, 3)]
+        for i, (out, residual) in enumerate(FACE_STAGES[config.variant]):
+            layers.append(ConvBlock(width, out, 5 if i == 0 else 3, 2, 2 if i == 0 else 1))
+            layers += [ConvBlock(out, out, 3, 1, 1, residual=True) for _ in range(residual)]
+            width = out
+        layers += [ConvBlock(width, config.embed_dim, 3, 1, 1), nn.AdaptiveAvgPool2d(1),
+                   ConvBlock(config.embed_dim, config.embed_dim, 1)]
+        self.face_encoder = nn.Sequential(*layers)
+        self.audio_encoder = nn.Sequential(
+            ConvBlock(config.audio_dim, 256, 1, dims=1),
+            ConvBlock(256, 256, config.audio_frames, dims=1),  # collapses the window's time axis to 1
+            ConvBlock(256, config.embed_dim, 1, dims=1),
+        )
+
+    def face_input(self, faces: torch.Tensor) -> torch.Tensor:
+        """faces [B, T, C, h, w] -> [B, T*C, h', w'] (frame-major), cropped to the configured region."""
+        if self.config.face_region == "lower":
+            faces = faces[..., faces.shape[-2] // 2:, :]
+        return faces.flatten(1, 2)
+
+    def forward(self, faces: torch.Tensor, audio: torch.Tensor):
+        """faces [B, T, C, h, w], audio [B, 2T, D] -> (face_emb, audio_emb), each [B, E], unit norm, >= 0."""
+        face = self.face_encoder(self.face_input(faces)).flatten(1)
+        audio = self.audio_encoder(audio.transpose(1, 2)).flatten(1)
+        return F.normalize(face, dim=1), F.normalize(audio, dim=1)
+
+    def sync_probability(self, faces: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        """[B] cosine similarity in [0, 1], read as P(in sync)."""
+        face, audio = self(faces, audio)
+        return (face * audio).sum(1)
+
+
+def sync_loss(probability: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """BCE of the cosine 'probability' [B] against labels [B] (1 = in sync); computed in fp32."""
+    p = probability.float().clamp(1e-6, 1 - 1e-6)
+    return F.binary_cross_entropy(p, label.float())

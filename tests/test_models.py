@@ -1,0 +1,106 @@
+"""Generator configs, the SyncNet expert, the codec and the audio encoder: build, run, backprop, save, reload."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import UNet2DConditionModel
+
+from lipsync.audio_encoder import AudioEncoder
+from lipsync.errors import UserError
+from lipsync.latent_codec import LatentCodec, mask_lower_half
+from lipsync.timing import num_feature_frames
+from models.syncnet import SyncNet, SyncNetConfig, sync_loss
+from models.unet import build_unet, check_unet_config, count_parameters, generate
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("folder,millions", [("customized_unet_small", 24), ("customized_unet", 80),
+                                             ("customized_unet_large", 140)])
+def test_shipped_unet_configs_have_the_advertised_size(folder, millions):
+    config = json.loads((ROOT / folder / "config.json").read_text())
+    assert config["in_channels"] == 8 and config["out_channels"] == 4
+    assert config["cross_attention_dim"] == 768 and config["sample_size"] == 96
+    assert config["down_block_types"][0] == "CrossAttnDownBlock2D"  # attention at the highest resolution
+    with torch.device("meta"):  # count without allocating
+        unet = UNet2DConditionModel.from_config(config)
+    assert abs(count_parameters(unet) / 1e6 - millions) / millions < 0.05
+
+
+@pytest.mark.parametrize("variant,millions", [("u", 14.8), ("xl", 21.9)])
+def test_syncnet_variants_match_the_reference_sizes(variant, millions):
+    net = SyncNet(SyncNetConfig(variant=variant))
+    assert abs(count_parameters(net) / 1e6 - millions) < 0.1
+
+
+@pytest.mark.parametrize("size", [96, 32, 16])
+@pytest.mark.parametrize("region", ["full", "lower"])
+def test_syncnet_runs_at_any_latent_size_and_backprops(size, region):
+    net = SyncNet(SyncNetConfig(variant="u", face_region=region, audio_dim=32))
+    faces = torch.randn(2, 5, 4, size, size, requires_grad=True)
+    p = net.sync_probability(faces, torch.randn(2, 10, 32))
+    assert p.shape == (2,) and bool(((p >= 0) & (p <= 1)).all())
+    sync_loss(p, torch.tensor([1.0, 0.0])).backward()
+    assert faces.grad is not None and net.face_encoder[0].conv.weight.grad is not None
+    if region == "lower":  # the upper half of the face must not matter
+        assert faces.grad[..., : size // 2, :].abs().max() == 0
+
+
+def test_tiny_unet_forward_backward_save_reload(tmp_path, tiny_models):
+    config = UNet2DConditionModel.load_config(tiny_models["unet"])
+    check_unet_config(config, audio_hidden_size=32, latent_channels=4)
+    unet = build_unet(config)
+    masked, ref, audio = torch.randn(2, 4, 16, 16), torch.randn(2, 4, 16, 16), torch.randn(2, 10, 32)
+    out = generate(unet, masked, ref, audio)
+    assert out.shape == (2, 4, 16, 16)
+    out.abs().mean().backward()
+    assert unet.conv_in.weight.grad is not None
+    unet.save_pretrained(tmp_path / "u")
+    again = UNet2DConditionModel.from_pretrained(tmp_path / "u")
+    with torch.no_grad():
+        assert torch.allclose(generate(unet.eval(), masked, ref, audio), generate(again.eval(), masked, ref, audio))
+
+
+def test_unet_config_mismatch_is_a_clear_error(tiny_models):
+    config = UNet2DConditionModel.load_config(tiny_models["unet"])
+    with pytest.raises(UserError, match="cross_attention_dim 32 != audio encoder hidden size 768"):
+        check_unet_config(config, audio_hidden_size=768, latent_channels=4)
+
+
+def test_codec_uses_the_posterior_mean_and_its_own_scaling(tiny_models):
+    codec = LatentCodec.from_pretrained(tiny_models["vae"])
+    assert codec.downsample_factor == 4 and codec.latent_channels == 4 and codec.latent_size(64) == 16
+    images = torch.rand(2, 3, 64, 64) * 2 - 1
+    a, b = codec.encode(images), codec.encode(images)
+    assert torch.equal(a, b)  # deterministic: the mean, never a sample
+    mean = codec.vae.encode(images).latent_dist.mean
+    assert torch.allclose(a, mean * codec.scaling_factor)
+    assert codec.decode(a).shape == (2, 3, 64, 64)
+    masked = mask_lower_half(images)
+    assert masked[:, :, 32:].abs().max() == 0 and torch.equal(masked[:, :, :32], images[:, :, :32])
+    with pytest.raises(UserError):
+        codec.latent_size(66)
+
+
+def test_audio_encoder_chunking_equals_one_pass_on_30_seconds(tiny_models):
+    rng = np.random.default_rng(0)
+    t = np.arange(30 * 16000) / 16000
+    audio = (0.3 * np.sin(2 * np.pi * 180 * t) * (np.sin(2 * np.pi * 3 * t) > 0) +
+             0.05 * rng.standard_normal(t.size)).astype(np.float32)
+    one_pass = AudioEncoder(tiny_models["wav2vec2"], chunk_s=60.0).encode(audio)
+    chunked = AudioEncoder(tiny_models["wav2vec2"], chunk_s=7.0, context_s=2.0).encode(audio)
+    assert one_pass.shape == chunked.shape == (num_feature_frames(audio.size), 32)
+    cos = torch.nn.functional.cosine_similarity(one_pass, chunked, dim=1)
+    assert cos.min() > 0.99, cos.min()
+
+
+def test_audio_encoder_is_frozen_and_in_eval_mode(tiny_models):
+    enc = AudioEncoder(tiny_models["wav2vec2"])
+    assert not enc.model.training and not any(p.requires_grad for p in enc.model.parameters())
+    assert enc.hidden_size == 32
+    with pytest.raises(UserError, match="too short"):
+        enc.encode(np.zeros(100, np.float32))
+    with pytest.raises(UserError, match="cannot load audio encoder"):
+        AudioEncoder("/nonexistent/model")
