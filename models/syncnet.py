@@ -91,6 +91,10 @@ class SyncNet(nn.Module):
 
 
 def sync_loss(probability: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-    """BCE of the cosine 'probability' [B] against labels [B] (1 = in sync); computed in fp32."""
+    """BCE of the cosine 'probability' [B] against labels [B] (1 = in sync), in fp32.
+
+    Written out rather than F.binary_cross_entropy, which refuses to run under autocast (bf16-mixed training).
+    """
     p = probability.float().clamp(1e-6, 1 - 1e-6)
-    return F.binary_cross_entropy(p, label.float())
+    y = label.float()
+    return -(y * p.log() + (1 - y) * (1 - p).log()).mean()

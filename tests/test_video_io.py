@@ -1,0 +1,175 @@
+"""lipsync.video_io on the real clips of ../shared/clips and on synthetic videos written by VideoWriter."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from lipsync.errors import UserError
+from lipsync.video_io import (
+    VideoWriter, is_image_path, iter_frames, iter_frames_by_index, pingpong_indices, probe_video, read_image,
+    write_video,
+)
+
+CLIPS = Path(__file__).resolve().parents[1].parent / "shared" / "clips"
+
+# The table of clips/README.md: duration (s), frames, width, height; every clip is 25 fps with audio.
+README_CLIPS = {
+    "grid_lwbsza.mpg": (2.98, 75, 360, 288),
+    "grid_id2_swwp2s.mpg": (2.98, 75, 360, 288),
+    "hdtf_WDA_AlexandriaOcasioCortez_000.mp4": (8.00, 200, 512, 512),
+    "hdtf_WDA_KatieHill_000.mp4": (8.00, 200, 512, 512),
+    "retalking_face2.mp4": (5.02, 125, 844, 844),
+    "retalking_face5.mp4": (4.88, 122, 524, 524),
+}
+
+SQUARE_STEP = 3  # pixels the synthetic square moves per source frame
+
+
+def moving_square(num_frames: int) -> list[np.ndarray]:
+    """64 px high frames with a bright 8 px wide square whose left edge is at SQUARE_STEP * frame index."""
+    frames = []
+    for i in range(num_frames):
+        frame = np.full((64, 16 + SQUARE_STEP * num_frames, 3), 20, dtype=np.uint8)
+        frame[20:44, SQUARE_STEP * i:SQUARE_STEP * i + 8] = 235
+        frames.append(frame)
+    return frames
+
+
+def square_position(frame: np.ndarray) -> int:
+    """Left edge of the bright square, read back from a decoded frame."""
+    return int(np.argmax(frame[32, :, 1] > 128))
+
+
+@pytest.mark.parametrize("name", sorted(README_CLIPS))
+def test_real_clip_probe_and_decode(name):
+    duration, num_frames, width, height = README_CLIPS[name]
+    info = probe_video(CLIPS / name)
+    assert (info.fps, info.width, info.height, info.num_frames) == (25.0, width, height, num_frames)
+    assert info.duration == pytest.approx(duration, abs=0.05)
+    assert info.has_audio
+    count = 0
+    for frame in iter_frames(CLIPS / name, target_fps=25):
+        assert frame.shape == (height, width, 3) and frame.dtype == np.uint8
+        count += 1
+    assert count == num_frames
+
+
+def test_resize_factor_halves_the_frames():
+    frame = next(iter_frames(CLIPS / "grid_lwbsza.mpg", resize_factor=2))
+    assert frame.shape == (144, 180, 3)
+
+
+@pytest.mark.parametrize("source_fps", [30, 29.97])
+def test_resample_to_25_fps_takes_frames_at_the_right_times(tmp_path, source_fps):
+    num_source = 90
+    path = tmp_path / "square.mp4"
+    write_video(path, moving_square(num_source), fps=source_fps)
+    info = probe_video(path)
+    assert info.fps == pytest.approx(source_fps, abs=1e-6)
+
+    frames = list(iter_frames(path, target_fps=25))
+    assert abs(len(frames) - info.duration * 25) <= 1
+    for k, frame in enumerate(frames):
+        # the source frame shown at k / 25 s: the last one starting at or before it (half a frame tolerance)
+        expected = min(int(np.floor(k / 25 * source_fps + 0.5)), num_source - 1)
+        assert abs(square_position(frame) - SQUARE_STEP * expected) <= 1, f"output frame {k}"
+
+
+def test_writer_round_trip_with_audio(tmp_path):
+    fps, rate = 25, 16000
+    frames = moving_square(50)
+    audio = (0.3 * np.sin(2 * np.pi * 440 * np.arange(2 * rate) / rate)).astype(np.float32)
+    path = tmp_path / "nested" / "out.mp4"
+    write_video(path, frames, fps=fps, audio=audio, audio_rate=rate)
+
+    assert sorted(p.name for p in path.parent.iterdir()) == ["out.mp4"]  # no temp file left
+    info = probe_video(path)
+    assert (info.fps, info.num_frames, info.width, info.height) == (25.0, 50, 166, 64)
+    with av.open(str(path)) as container:
+        video, sound = container.streams.video[0], container.streams.audio[0]
+        assert video.codec_context.name == "h264" and video.codec_context.pix_fmt == "yuv420p"
+        assert sound.codec_context.name == "aac" and sound.rate == rate
+        assert float(sound.duration * sound.time_base) == pytest.approx(2.0, abs=1 / fps)
+    decoded = list(iter_frames(path))
+    assert len(decoded) == 50
+    assert [square_position(f) for f in decoded] == [SQUARE_STEP * i for i in range(50)]
+
+
+def test_writer_pads_odd_sizes_by_replication(tmp_path):
+    frame = np.zeros((63, 97, 3), dtype=np.uint8)
+    frame[:, -1] = 200  # last column
+    frame[-1, :] = 100  # last row
+    path = tmp_path / "odd.mp4"
+    write_video(path, [frame] * 3, fps=25)
+    decoded = next(iter_frames(path))
+    assert decoded.shape == (64, 98, 3)
+    np.testing.assert_allclose(decoded[:, -1].astype(int), decoded[:, -2].astype(int), atol=6)
+    np.testing.assert_allclose(decoded[-1, :].astype(int), decoded[-2, :].astype(int), atol=6)
+
+
+def test_writer_leaves_nothing_on_exception(tmp_path):
+    path = tmp_path / "out.mp4"
+    with pytest.raises(RuntimeError):
+        with VideoWriter(path, 25, 64, 48) as writer:
+            writer.write(np.zeros((48, 64, 3), dtype=np.uint8))
+            raise RuntimeError("generator crashed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_writer_rejects_wrong_frame_shape(tmp_path):
+    with pytest.raises(ValueError):
+        with VideoWriter(tmp_path / "out.mp4", 25, 64, 48) as writer:
+            writer.write(np.zeros((48, 65, 3), dtype=np.uint8))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_pingpong_indices():
+    np.testing.assert_array_equal(pingpong_indices(4, 11), [0, 1, 2, 3, 2, 1, 0, 1, 2, 3, 2])
+    np.testing.assert_array_equal(pingpong_indices(5, 3), [0, 1, 2])
+    np.testing.assert_array_equal(pingpong_indices(1, 4), [0, 0, 0, 0])
+    long = pingpong_indices(7, 100)
+    assert set(np.abs(np.diff(long))) == {1}  # no repeated frame at a turn, no jump cut
+    assert long.min() == 0 and long.max() == 6
+
+
+@pytest.mark.parametrize("name, fps", [("grid_lwbsza.mpg", None), ("hdtf_WDA_KatieHill_000.mp4", None),
+                                       ("hdtf_WDA_KatieHill_000.mp4", 30)])
+def test_iter_frames_by_index_matches_plain_decode(name, fps):
+    plain = list(iter_frames(CLIPS / name, target_fps=fps, resize_factor=4))
+    n = len(plain)
+    indices = np.concatenate([pingpong_indices(n, 2 * n + n // 2),  # forward, backward (in blocks), forward
+                              np.random.default_rng(0).integers(0, n, 20)])  # and random access
+    frames = list(iter_frames_by_index(CLIPS / name, indices, fps=fps, resize_factor=4, chunk=16))
+    assert len(frames) == len(indices)
+    for i, frame in zip(indices, frames):
+        np.testing.assert_array_equal(frame, plain[i])
+
+
+def test_iter_frames_by_index_past_the_end():
+    with pytest.raises(IndexError):
+        list(iter_frames_by_index(CLIPS / "grid_lwbsza.mpg", [73, 74, 75]))
+
+
+def test_bad_inputs_raise_user_error(tmp_path):
+    fake = tmp_path / "notes.mp4"
+    fake.write_text("not a video\n")
+    for bad in [tmp_path / "missing.mp4", fake, CLIPS / "audio" / "latentsync_demo1_audio.wav"]:
+        with pytest.raises(UserError, match=bad.name):
+            probe_video(bad)
+        with pytest.raises(UserError, match=bad.name):
+            next(iter_frames(bad))
+    with pytest.raises(UserError, match="notes.png"):
+        read_image(fake.rename(tmp_path / "notes.png"))
+
+
+def test_read_image_is_rgb(tmp_path):
+    image = np.zeros((8, 12, 3), dtype=np.uint8)
+    image[..., 0] = 255  # red in RGB
+    path = tmp_path / "red.PNG"
+    cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    assert is_image_path(path) and not is_image_path(tmp_path / "clip.mp4")
+    np.testing.assert_array_equal(read_image(path), image)
