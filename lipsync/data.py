@@ -55,11 +55,16 @@ META_FILE = "meta.json"
 # ---------------------------------------------------------------------------------------------- filelists
 
 def filelist_dir(name: str) -> Path:
-    """filelists_<name>/ of the current directory if it has one, else of the project root."""
-    if name not in DATASET_NAMES:
-        raise UserError(f"unknown dataset name {name!r}; known names: {', '.join(DATASET_NAMES)}")
-    local = Path.cwd() / f"filelists_{name}"
-    return local if local.is_dir() else PROJECT_ROOT / f"filelists_{name}"
+    """filelists_<name>/ of the current directory if it has one, else of the project root.
+
+    The five shipped names always resolve; any other name works once its filelists_<name>/ folder exists."""
+    for root in (Path.cwd(), PROJECT_ROOT):
+        if (root / f"filelists_{name}").is_dir():
+            return root / f"filelists_{name}"
+    if name in DATASET_NAMES:
+        return PROJECT_ROOT / f"filelists_{name}"
+    raise UserError(f"unknown dataset name {name!r}: no filelists_{name}/ in {Path.cwd()} or {PROJECT_ROOT} "
+                    f"(shipped names: {', '.join(DATASET_NAMES)})")
 
 
 def read_entries(path) -> list[str]:

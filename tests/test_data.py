@@ -96,8 +96,10 @@ def test_group_pattern_and_official_split(tmp_path):
 def test_read_filelist_names_and_missing_entries(videos, tmp_path, monkeypatch):
     root, _ = videos
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(UserError, match="known names: lrs2, hdtf"):
+    with pytest.raises(UserError, match="shipped names: lrs2, hdtf"):
         data.filelist_dir("voxceleb")
+    (tmp_path / "filelists_voxceleb").mkdir()  # any other name works once its folder exists
+    assert data.filelist_dir("voxceleb") == tmp_path / "filelists_voxceleb"
     (tmp_path / "filelists_hdtf").mkdir()
     with pytest.raises(UserError, match="filelists_hdtf/train.txt not found"):
         data.read_filelist("hdtf", "train", root)
