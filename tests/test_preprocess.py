@@ -1,0 +1,187 @@
+"""video_preprocess.py + audio_preprocess.py end to end with the tiny VAE / Wav2Vec2 at 64 px (16x16 latents).
+
+The raw tree mixes two real clips (mpeg1 + mp2 44.1 kHz stereo, h264 + aac 44.1 kHz stereo), a clip with a faceless
+gap, a text file named .mp4 and a faceless video. The scripts run in-process (main(argv)); one subprocess checks
+the one-line error and exit code of a real command line.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from safetensors.torch import load_file
+
+import audio_preprocess
+import video_preprocess
+from lipsync.faces import crop_faces
+from lipsync.latent_codec import LatentCodec, mask_lower_half, uint8_to_model
+from lipsync.timing import AUDIO_SAMPLE_RATE, num_feature_frames
+from lipsync.video_io import iter_frames, probe_video, write_video
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL_CLIPS = {"grid/lwbsza": "grid_lwbsza.mpg", "retalking/face5": "retalking_face5.mp4"}  # folder: clip
+GAP = range(20, 30)  # grey frames of gap.mp4: no face
+
+
+def tone(seconds: float) -> np.ndarray:
+    t = np.arange(int(seconds * AUDIO_SAMPLE_RATE)) / AUDIO_SAMPLE_RATE
+    return (0.1 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+
+
+def run(script, argv) -> str:
+    """Call script.main(argv) in-process; its stdout (the summary)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        script.main([str(a) for a in argv])
+    return out.getvalue()
+
+
+def video_args(raw, out, tiny_models, *extra):
+    return ["--data_root", raw, "--output_root", out, "--codec", tiny_models["vae"], "--image_size", 64, *extra]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory, tiny_models, clips_dir):
+    """(raw root, output root, summary of the first run)."""
+    root = tmp_path_factory.mktemp("preprocess")
+    raw, out = root / "raw", root / "out"
+    for folder, clip in REAL_CLIPS.items():
+        (raw / folder).parent.mkdir(parents=True, exist_ok=True)
+        (raw / folder).with_suffix(Path(clip).suffix).symlink_to(clips_dir / clip)
+    grid = list(iter_frames(clips_dir / REAL_CLIPS["grid/lwbsza"]))
+    grey = np.full_like(grid[0], 128)
+    write_video(raw / "grid" / "gap.mp4", grid[:GAP.start] + [grey] * len(GAP) + grid[GAP.stop:50], 25,
+                audio=tone(2.0))
+    (raw / "broken.mp4").write_text("not a video")
+    write_video(raw / "faceless.mp4", [np.full((64, 64, 3), 90, np.uint8)] * 50, 25, audio=tone(2.0))
+    summary = run(video_preprocess, video_args(raw, out, tiny_models))
+    return raw, out, summary
+
+
+def test_real_clips_become_dataset_folders(dataset, tiny_models, clips_dir):
+    _, out, _ = dataset
+    codec = LatentCodec.from_pretrained(tiny_models["vae"])
+    for folder, clip in REAL_CLIPS.items():
+        info = probe_video(clips_dir / clip)
+        latents = load_file(out / folder / "latents.safetensors")
+        meta = json.loads((out / folder / "meta.json").read_text())
+        n = info.num_frames  # README: a face in every frame
+        assert latents["full"].shape == latents["masked"].shape == (n, 4, 16, 16)
+        assert latents["full"].dtype == latents["masked"].dtype == torch.float16
+        assert torch.equal(latents["frame_index"], torch.arange(n))
+
+        wav = sf.info(str(out / folder / "audio.wav"))
+        assert (wav.samplerate, wav.channels, wav.subtype) == (16000, 1, "PCM_16")
+        assert wav.duration == pytest.approx(info.duration, abs=0.03)
+
+        assert meta["source_fps"] == 25 and meta["num_frames"] == n and meta["dropped_frames"] == []
+        assert (meta["image_size"], meta["codec"], meta["latent_shape"]) == (64, tiny_models["vae"], [4, 16, 16])
+        assert meta["scaling_factor"] == codec.scaling_factor and meta["audio_samples"] == wav.frames
+        assert len(meta["boxes"]) == n and meta["face_recipe"]["pads"] == [0, 10, 0, 0] and meta["code_version"]
+
+        # row 0 is the encoding of frame 0 cropped with the recorded box: latents, boxes and indices agree
+        frame = next(iter_frames(clips_dir / clip))
+        images = uint8_to_model(crop_faces(frame[None], np.array(meta["boxes"][:1]), 64), "cpu", torch.float32)
+        torch.testing.assert_close(latents["full"][0].float(), codec.encode(images)[0], atol=2e-2, rtol=1e-2)
+        torch.testing.assert_close(latents["masked"][0].float(), codec.encode(mask_lower_half(images))[0],
+                                   atol=2e-2, rtol=1e-2)
+
+
+def test_faceless_frames_are_dropped_not_shifted(dataset):
+    _, out, _ = dataset
+    latents = load_file(out / "grid" / "gap" / "latents.safetensors")
+    meta = json.loads((out / "grid" / "gap" / "meta.json").read_text())
+    kept = [k for k in range(50) if k not in GAP]
+    assert latents["frame_index"].tolist() == kept and len(latents["full"]) == len(kept) == len(meta["boxes"])
+    assert meta["dropped_frames"] == list(GAP) and meta["num_frames"] == 50
+
+
+def test_bad_videos_are_reported_and_skipped(dataset):
+    _, out, summary = dataset
+    lines = summary.strip().splitlines()
+    assert lines[0].startswith("3 done, 0 skipped, 2 failed (of 5 videos)")
+    failures = sorted(line.split(":")[0].split()[-1] for line in lines[1:])
+    assert failures == ["broken.mp4", "faceless.mp4"] and len(lines) == 3
+    assert "no face" in summary and not (out / "faceless").exists() and not (out / "broken").exists()
+
+
+def test_rerun_skips_finished_and_completes_interrupted(dataset, tiny_models):
+    raw, out, _ = dataset
+    finished, interrupted = out / "retalking" / "face5", out / "grid" / "lwbsza"
+    mtimes = {p: p.stat().st_mtime_ns for p in finished.iterdir()}
+    (interrupted / "meta.json").unlink()  # killed before the last write ...
+    (interrupted / ".latents.safetensors.tmp").write_bytes(b"half a file")  # ... or during the first one
+    summary = run(video_preprocess, video_args(raw, out, tiny_models))
+    assert summary.startswith("1 done, 2 skipped, 2 failed (of 5 videos)")
+    assert {p: p.stat().st_mtime_ns for p in finished.iterdir()} == mtimes
+    assert sorted(p.name for p in interrupted.iterdir()) == ["audio.wav", "latents.safetensors", "meta.json"]
+
+
+def test_30fps_sharded_two_workers(tmp_path, tiny_models):
+    """30 fps sources come out at 25 fps; --shard 0/2 takes a and c; two spawned CPU workers; --box, no detector."""
+    raw = tmp_path / "raw"
+    for name in ("a", "b", "c"):
+        write_video(raw / f"{name}.mp4", [np.full((48, 64, 3), 100, np.uint8)] * 90, 30, audio=tone(3.0))
+    summary = run(video_preprocess, video_args(raw, tmp_path / "out", tiny_models, "--box", 4, 44, 10, 50,
+                                               "--shard", "0/2", "--devices", 0, "--num_workers", 2))
+    assert summary.startswith("2 done, 0 skipped, 0 failed (of 2 videos)")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a", "c"]
+    meta = json.loads((tmp_path / "out" / "a" / "meta.json").read_text())
+    assert (meta["source_fps"], meta["num_frames"]) == (30, 75)
+    assert load_file(tmp_path / "out" / "a" / "latents.safetensors")["frame_index"].tolist() == list(range(75))
+    # the fixed box (top 4, bottom 44, left 10, right 50) + default pads (10 px more chin), squared with margin
+    assert meta["boxes"][0] == meta["boxes"][-1] and meta["boxes"][0][0] < 10 and meta["boxes"][0][3] > 54
+
+
+def test_audio_features(dataset, tiny_models, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(dataset[1], data)
+    assert run(audio_preprocess, ["--data_root", data, "--audio_encoder", tiny_models["wav2vec2"]]).startswith(
+        "3 done, 0 skipped, 0 failed (of 3 folders)")
+    for folder in ("grid/lwbsza", "retalking/face5", "grid/gap"):
+        stored = torch.load(data / folder / "wav2vec2.pt", weights_only=True)
+        num_samples = sf.info(str(data / folder / "audio.wav")).frames
+        assert stored["features"].shape == (num_feature_frames(num_samples), 32)
+        assert stored["features"].dtype == torch.float16
+        assert (stored["model_id"], stored["hidden_size"], stored["num_samples"]) == \
+               (tiny_models["wav2vec2"], 32, num_samples)
+
+    mtime = (data / "grid/lwbsza/wav2vec2.pt").stat().st_mtime_ns
+    assert run(audio_preprocess, ["--data_root", data, "--audio_encoder", tiny_models["wav2vec2"]]).startswith(
+        "0 done, 3 skipped")
+    assert (data / "grid/lwbsza/wav2vec2.pt").stat().st_mtime_ns == mtime
+
+    other = tmp_path / "other_encoder"  # same weights under another id: must not mix silently
+    other.symlink_to(tiny_models["wav2vec2"])
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_info:
+        audio_preprocess.main(["--data_root", str(data), "--audio_encoder", str(other)])
+    assert exit_info.value.code == 1 and out.getvalue().count("--overwrite") == 3
+    assert run(audio_preprocess, ["--data_root", data, "--audio_encoder", other, "--overwrite"]).startswith(
+        "3 done")
+    assert torch.load(data / "grid/lwbsza/wav2vec2.pt", weights_only=True)["model_id"] == str(other)
+
+
+def test_audio_preprocess_missing_wav_command_line(dataset, tiny_models, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(dataset[1] / "grid" / "lwbsza", data / "lwbsza")
+    (data / "lwbsza" / "audio.wav").unlink()
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "audio_preprocess.py", "--data_root", str(data), "--audio_encoder",
+                             tiny_models["wav2vec2"], "--device", "cpu"], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == "error: 1 of 1 folders failed"
+    assert "Traceback" not in result.stderr
+    failed = [line for line in result.stdout.splitlines() if line.startswith("  failed")]
+    assert len(failed) == 1 and "lwbsza" in failed[0] and "no audio.wav" in failed[0]
