@@ -1,0 +1,366 @@
+"""lip_sync(): a face video (or still image) + driving speech -> an H.264 + AAC mp4 whose lower face speaks it.
+
+Streaming, two passes over the face video; the video is never held in memory:
+1. face boxes of every source frame (`faces.face_boxes`; detection sees each source frame once, even when the
+   output ping-pongs over it);
+2. output frame i shows source frame `pingpong_indices(n_src, n_out)[i]`; in batches: crop the face (RGB,
+   image_size), encode the masked crop and the reference crop with the codec, run the UNet on the frame's audio
+   window, decode, paste ONLY the lower face back through the feathered mask, and encode the frame into the mp4
+   (one H.264 encode, the driving audio muxed in the same pass, temp name then rename).
+
+The output lasts as long as the audio (`timing.num_video_frames`, within a frame) at the face video's own fps
+and resolution (divided by --resize_factor); a still image is repeated at `fps`. Frames without a face pass
+through unchanged.
+"""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import cv2
+import numpy as np
+import torch
+from diffusers import UNet2DConditionModel
+from diffusers.models.attention_processor import AttnProcessor2_0
+from tqdm import tqdm
+
+from lipsync import timing
+from lipsync.audio import decode_audio, load_audio
+from lipsync.audio_encoder import DEFAULT_AUDIO_ENCODER, AudioEncoder
+from lipsync.checkpoint import load_generator
+from lipsync.errors import UserError
+from lipsync.faces import FaceDetector, color_match, crop_faces, face_boxes, lower_face_mask, paste_faces
+from lipsync.latent_codec import DEFAULT_CODEC, LatentCodec, mask_lower_half, model_to_uint8, uint8_to_model
+from lipsync.video_io import (
+    VideoWriter, is_image_path, iter_frames, iter_frames_by_index, pingpong_indices, probe_video, read_image,
+)
+from models.unet import check_unet_config, generate
+
+DEFAULT_OUTFILE = "results/result_voice.mp4"
+STAGES = ("audio", "video_decode", "detect", "vae_encode", "unet", "vae_decode", "blend", "write")
+
+# on_frame(output index, source index, crop box [4] x1y1x2y2 or None, input frame, output frame), both
+# RGB uint8 [H, W, 3]: lets a caller see every frame before it is encoded (tests, validation samples)
+FrameCallback = Callable[[int, int, "np.ndarray | None", np.ndarray, np.ndarray], None]
+
+
+@dataclass
+class LipSyncOptions:
+    """Every option of lip_sync(); unet_inference.py takes its flag defaults from here."""
+    static: bool = False  # use only the first frame of the face video
+    fps: float = 25.0  # frame rate of a still image's output (a video keeps its own)
+    pads: tuple[int, int, int, int] = (0, 10, 0, 0)  # top, bottom, left, right pixels added to detected boxes
+    box: tuple[int, int, int, int] | None = None  # fixed face box top, bottom, left, right: no detection
+    resize_factor: int = 1  # integer downscale of the face frames (and of the output)
+    nosmooth: bool = False  # no temporal smoothing of the detected boxes
+    batch_size: int = 16  # frames per codec / UNet batch
+    ref_frame: int | None = None  # reference face = this source frame's (default: each frame's own face)
+    color_match: bool = False  # match the generated lower face's colour statistics to the input's
+    crf: int = 18  # x264 constant rate factor
+    unet_config: str | None = None  # UNet config folder: only for checkpoints without a model card
+    audio_encoder: str | None = None  # overrides the checkpoint's audio encoder id
+    codec: str | None = None  # overrides the checkpoint's codec (VAE) id
+    image_size: int | None = None  # overrides the checkpoint's face crop size
+    device: str = "auto"  # "auto" = cuda when available, else cpu
+    progress: bool = True  # tqdm bars (shown only on a terminal)
+    on_frame: FrameCallback | None = None
+
+
+@dataclass
+class LipSyncModels:
+    """Everything generation needs, loaded once per run (or once per training run by validation)."""
+    unet: UNet2DConditionModel
+    codec: LatentCodec
+    audio_encoder: AudioEncoder
+    image_size: int
+    device: torch.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.conv_in.weight.dtype
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} asked for but CUDA is not available")
+    return device
+
+
+def _read_unet_config(folder) -> dict:
+    try:
+        return dict(UNet2DConditionModel.load_config(str(folder)))
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot read a UNet config from {folder}: {str(err).splitlines()[0]}") from None
+
+
+def load_models(checkpoint_path, unet_config=None, audio_encoder: str | None = None, codec: str | None = None,
+                image_size: int | None = None, device: str = "auto") -> LipSyncModels:
+    """UNet from any checkpoint kind; codec, audio encoder and crop size from its model card (arguments given
+    here override it). CUDA: codec + UNet in bf16 (fp16 where bf16 is missing), SDPA attention, cuDNN autotuning;
+    NCHW, not channels_last: both nets are GroupNorm-heavy and ran slower channels_last on an H100 in bf16
+    (SD-VAE encode at 768 px 39 vs 70 img/s, customized_unet at batch 16 400 vs 426 frames/s).
+    CPU: fp32. The audio encoder stays fp32: it runs once per clip."""
+    device = resolve_device(device)
+    loaded = load_generator(checkpoint_path, _read_unet_config(unet_config) if unet_config else None)
+    card = loaded.card
+    dtype = torch.float32
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    latent_codec = LatentCodec.from_pretrained(codec or card.get("codec") or DEFAULT_CODEC, device, dtype)
+    speech_encoder = AudioEncoder(audio_encoder or card.get("audio_encoder") or DEFAULT_AUDIO_ENCODER, device)
+    check_unet_config(card["unet_config"], speech_encoder.hidden_size, latent_codec.latent_channels)
+    # without a card entry, the crop size is the one the UNet's default latent size decodes to
+    size = image_size or card.get("image_size") or card["unet_config"]["sample_size"] * latent_codec.downsample_factor
+    latent_codec.latent_size(size)  # one-line error when the codec cannot encode that size
+    # nn.Module.to: diffusers' own to() warns about keeping its (empty) list of fp32 modules when given a dtype
+    unet = torch.nn.Module.to(loaded.unet, device, dtype).eval().requires_grad_(False)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # crops have one fixed size: autotuned kernels pay off
+        unet.set_attn_processor(AttnProcessor2_0())  # torch SDPA (flash / memory-efficient kernels)
+        latent_codec.vae.set_attn_processor(AttnProcessor2_0())
+    return LipSyncModels(unet, latent_codec, speech_encoder, int(size), device)
+
+
+class StageTimer:
+    """Wall time and frame count per stage; a nested stage's time is not counted in its parent's. On CUDA every
+    stage boundary synchronises, so each stage's kernels are charged to it."""
+
+    def __init__(self, device: torch.device):
+        self._sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.frames: dict[str, int] = defaultdict(int)
+        self._child_seconds: list[float] = []  # per open stage: time spent in stages nested inside it
+
+    @contextmanager
+    def stage(self, name: str, frames: int = 0):
+        self._sync()
+        start = time.perf_counter()
+        self._child_seconds.append(0.0)
+        try:
+            yield
+        finally:
+            self._sync()
+            elapsed = time.perf_counter() - start
+            self.seconds[name] += elapsed - self._child_seconds.pop()
+            self.frames[name] += frames
+            if self._child_seconds:
+                self._child_seconds[-1] += elapsed
+
+    def iterate(self, name: str, items: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """Charge the time spent producing each item of `items` (e.g. decoding a frame) to stage `name`."""
+        items = iter(items)
+        while True:
+            with self.stage(name):
+                item = next(items, None)
+            if item is None:
+                return
+            self.frames[name] += 1
+            yield item
+
+    def summary(self) -> dict:
+        return {name: {"seconds": round(self.seconds[name], 3), "frames": self.frames[name],
+                       "fps": round(self.frames[name] / self.seconds[name], 1) if self.seconds[name] > 0 else None}
+                for name in STAGES if name in self.seconds}
+
+
+@dataclass
+class FaceSource:
+    """The face input: a video streamed from disk, or one still frame (an image file, or --static)."""
+    path: Path
+    fps: float
+    width: int
+    height: int
+    num_frames: int  # from the header, for progress bars only (pass 1 counts the real frames)
+    resize_factor: int
+    still: np.ndarray | None  # RGB uint8 [H, W, 3]
+
+    def frames(self) -> Iterator[np.ndarray]:
+        """Every source frame, in order (pass 1)."""
+        if self.still is not None:
+            return iter([self.still])
+        return iter_frames(self.path, target_fps=self.fps, resize_factor=self.resize_factor)
+
+    def frames_at(self, indices: np.ndarray, chunk: int = 48) -> Iterator[np.ndarray]:
+        """Source frames indices[0], indices[1], ... (pass 2), holding at most `chunk` decoded frames."""
+        if self.still is not None:
+            return (self.still for _ in indices)
+        return iter_frames_by_index(self.path, indices, fps=self.fps, resize_factor=self.resize_factor,
+                                    chunk=chunk)
+
+
+def open_face(face, static: bool, fps: float, resize_factor: int) -> FaceSource:
+    """A video keeps its own fps (also with --static); an image is shown at `fps`."""
+    path = Path(face)
+    if not path.is_file():
+        raise UserError(f"face file not found: {path}")
+    if is_image_path(path):
+        still = read_image(path)
+        if resize_factor > 1:
+            height, width = still.shape[:2]
+            still = cv2.resize(still, (width // resize_factor, height // resize_factor), interpolation=cv2.INTER_AREA)
+        return FaceSource(path, fps, still.shape[1], still.shape[0], 1, resize_factor, still)
+    info = probe_video(path)  # one-line UserError for a missing, unreadable or video-less file
+    source = FaceSource(path, info.fps, info.width // resize_factor, info.height // resize_factor, info.num_frames,
+                        resize_factor, None)
+    if static:
+        frames = source.frames()
+        source.still = next(frames, None)
+        frames.close()
+        if source.still is None:
+            raise UserError(f"{path} has no frames")
+    return source
+
+
+def _check_options(opts: LipSyncOptions) -> None:
+    for name, value, low in (("batch_size", opts.batch_size, 1), ("resize_factor", opts.resize_factor, 1),
+                             ("ref_frame", opts.ref_frame, 0), ("crf", opts.crf, 0)):
+        if value is not None and value < low:
+            raise UserError(f"--{name} must be >= {low}, got {value}")
+    if opts.crf > 51:
+        raise UserError(f"--crf must be <= 51, got {opts.crf}")
+    if opts.fps <= 0:
+        raise UserError(f"--fps must be > 0, got {opts.fps}")
+
+
+def _reference_latent(models: LipSyncModels, source: FaceSource, boxes: np.ndarray, found: np.ndarray,
+                      k: int) -> torch.Tensor:
+    """--ref_frame K: the scaled latent [1, C, h, w] of source frame K's face, encoded once."""
+    if k >= len(boxes):
+        raise UserError(f"--ref_frame {k}: the face input has only {len(boxes)} frames")
+    if not found[k]:
+        raise UserError(f"--ref_frame {k}: no face found in that frame")
+    frame = next(source.frames_at(np.array([k])))
+    crop = crop_faces([frame], boxes[k:k + 1], models.image_size)  # [1, S, S, 3]
+    return models.codec.encode(uint8_to_model(crop, models.device, models.dtype))
+
+
+def _lip_sync_faces(models: LipSyncModels, frames: list[np.ndarray], boxes: np.ndarray, sources: np.ndarray,
+                    audio: torch.Tensor, reference: torch.Tensor | None, mask: np.ndarray, match_colors: bool,
+                    timer: StageTimer) -> np.ndarray:
+    """F frames [H, W, 3] with faces in crop boxes [F, 4], their source indices [F], audio windows
+    [F, 10, D] -> the frames with the lower face regenerated [F, H, W, 3] uint8."""
+    num = len(frames)
+    # a still image or a ping-pong turn repeats source frames: crop and encode each once
+    _, first, inverse = np.unique(sources, return_index=True, return_inverse=True)
+    repeat = torch.from_numpy(inverse).to(models.device)  # [F] row of each frame among the unique ones
+    with timer.stage("vae_encode", num):
+        crops = crop_faces([frames[i] for i in first], boxes[first], models.image_size)  # [U, S, S, 3]
+        x = uint8_to_model(crops, models.device, models.dtype)  # [U, 3, S, S] in [-1, 1]
+        if reference is None:  # each frame's own face: one codec call for masked + reference
+            masked, own = models.codec.encode(torch.cat([mask_lower_half(x), x])).chunk(2)  # [U, C, h, w] each
+            masked, references = masked[repeat], own[repeat]  # [F, C, h, w]
+        else:
+            masked = models.codec.encode(mask_lower_half(x))[repeat]  # [F, C, h, w]
+            references = reference.expand(num, -1, -1, -1)
+    with timer.stage("unet", num):
+        latents = generate(models.unet, masked, references, audio.to(models.device))  # [F, C, h, w]
+    with timer.stage("vae_decode", num):
+        faces = model_to_uint8(models.codec.decode(latents))  # [F, S, S, 3] uint8 RGB
+    with timer.stage("blend", num):
+        if match_colors:
+            faces = color_match(faces, crops[inverse], mask)
+        return paste_faces(frames, boxes, faces, mask)
+
+
+@torch.inference_mode()
+def lip_sync(checkpoint, face, audio, outfile=DEFAULT_OUTFILE, **options) -> dict:
+    """Lip-sync `face` (video or image) to `audio` (any file with an audio stream) into `outfile` (mp4).
+
+    checkpoint: a generator checkpoint of any kind `lipsync.checkpoint` reads, or LipSyncModels from
+    `load_models` (then the model options are ignored). options: the fields of LipSyncOptions.
+    Returns the run summary (frame counts, faces found, seconds / frames / fps per stage).
+    """
+    opts = LipSyncOptions(**options)
+    _check_options(opts)
+    started = time.perf_counter()
+    source = open_face(face, opts.static, opts.fps, opts.resize_factor)
+    speech = load_audio(audio)  # float32 [S] 16 kHz mono: what the audio encoder hears
+    track, track_rate = decode_audio(audio)  # float32 [C, S'] at the file's own rate: what the output plays
+    if track.shape[0] > 2:  # the AAC writer takes mono or stereo
+        track = track.mean(axis=0)
+    num_out = timing.num_video_frames(len(speech), source.fps)
+    if num_out == 0:
+        raise UserError(f"{audio} is shorter than one video frame ({len(speech)} samples)")
+
+    if isinstance(checkpoint, LipSyncModels):
+        models = checkpoint
+    else:
+        models = load_models(checkpoint, opts.unet_config, opts.audio_encoder, opts.codec, opts.image_size,
+                             opts.device)
+    timer = StageTimer(models.device)
+    with timer.stage("audio", num_out):
+        features = models.audio_encoder.encode(speech)  # [F, D] at 50 Hz
+
+    # pass 1: crop boxes of the source frames
+    detector = None if opts.box is not None else FaceDetector()
+    bar = tqdm(timer.iterate("video_decode", source.frames()), desc="detect faces", unit="frame",
+               total=1 if source.still is not None else source.num_frames,
+               disable=None if opts.progress else True, leave=False)
+    with timer.stage("detect"):
+        boxes, found = face_boxes(bar, detector, batch_size=opts.batch_size, pads=opts.pads,
+                                  smooth=not opts.nosmooth and source.still is None,
+                                  box=opts.box)  # [N, 4] x1y1x2y2, [N] bool
+    bar.close()
+    timer.frames["detect"] = len(boxes)
+    if not found.any():
+        raise UserError(f"no face found in any frame of {face}")
+    reference = None if opts.ref_frame is None else _reference_latent(models, source, boxes, found, opts.ref_frame)
+
+    # pass 2: generate and write
+    sources = pingpong_indices(len(boxes), num_out)  # [n_out] source frame shown by each output frame
+    frames = timer.iterate("video_decode", source.frames_at(sources, chunk=max(48, opts.batch_size)))
+    mask = lower_face_mask(models.image_size)  # [S, S] float32 in crop coordinates
+    with VideoWriter(outfile, source.fps, source.width, source.height, crf=opts.crf, audio=track,
+                     audio_rate=track_rate) as writer, \
+            tqdm(total=num_out, desc="lip sync", unit="frame", disable=None if opts.progress else True) as bar:
+        for start in range(0, num_out, opts.batch_size):
+            batch_sources = sources[start:start + opts.batch_size]  # [B]
+            batch = [next(frames) for _ in batch_sources]  # B x [H, W, 3] uint8 RGB
+            output = list(batch)
+            rows = np.flatnonzero(found[batch_sources])  # batch rows with a face
+            if rows.size:
+                audio_windows = timing.generator_audio_windows(features, start + rows, fps=source.fps)  # [F, 10, D]
+                synced = _lip_sync_faces(models, [batch[r] for r in rows], boxes[batch_sources[rows]],
+                                         batch_sources[rows], audio_windows, reference, mask, opts.color_match,
+                                         timer)
+                for row, frame in zip(rows, synced):
+                    output[row] = frame
+            with timer.stage("write", len(batch)):
+                for frame in output:
+                    writer.write(frame)
+            if opts.on_frame is not None:
+                for row, (src, before, after) in enumerate(zip(batch_sources, batch, output)):
+                    opts.on_frame(start + row, int(src), boxes[src] if found[src] else None, before, after)
+            bar.update(len(batch))
+
+    faces_found = int(found[sources].sum())
+    return {"outfile": str(outfile), "frames": num_out, "source_frames": len(boxes), "faces_found": faces_found,
+            "frames_without_face": num_out - faces_found, "fps": source.fps, "width": source.width,
+            "height": source.height, "audio_seconds": round(len(speech) / timing.AUDIO_SAMPLE_RATE, 3),
+            "device": str(models.device), "dtype": str(models.dtype).replace("torch.", ""),
+            "seconds": round(time.perf_counter() - started, 3), "stages": timer.summary()}
+
+
+def format_summary(summary: dict) -> str:
+    """The summary as a few human-readable lines."""
+    lines = [f"wrote {summary['outfile']}: {summary['frames']} frames, {summary['width']}x{summary['height']} "
+             f"@ {summary['fps']:g} fps, {summary['audio_seconds']:g} s of audio",
+             f"faces found in {summary['faces_found']}/{summary['frames']} frames "
+             f"({summary['frames_without_face']} passed through unchanged); {summary['source_frames']} source "
+             f"frames; {summary['seconds']:.1f} s on {summary['device']} ({summary['dtype']})",
+             f"{'stage':<13}{'seconds':>9}{'frames':>8}{'fps':>9}"]
+    for name, stage in summary["stages"].items():
+        fps = f"{stage['fps']:.1f}" if stage["fps"] is not None else "-"
+        lines.append(f"{name:<13}{stage['seconds']:>9.3f}{stage['frames']:>8}{fps:>9}")
+    return "\n".join(lines)
+

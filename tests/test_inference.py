@@ -1,0 +1,272 @@
+"""lipsync.inference.lip_sync and unet_inference.py with a tiny generator, on the real clips of ../shared/clips.
+
+Pixel identity outside the blend mask is checked on the frames handed to the H.264 encoder (the `on_frame`
+hook): H.264 in yuv420p changes pixels even at crf 0 (chroma subsampling and the RGB <-> YUV round trip), so
+byte identity can only hold before encoding. The encoded file is then checked against those same frames within
+a small tolerance, which ties the file to the frames the hook saw.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+import soundfile as sf
+import soxr
+import torch
+
+from lipsync import model_zoo
+from lipsync.audio import load_audio, write_wav
+from lipsync.checkpoint import encode_model_card
+from lipsync.errors import UserError
+from lipsync.faces import lower_face_mask, paste_faces
+from lipsync.inference import lip_sync, load_models
+from lipsync.video_io import VideoWriter, iter_frames, pingpong_indices, probe_video
+from models.syncnet import SyncNet, SyncNetConfig
+from models.unet import build_unet
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGE_SIZE = 64  # tiny VAE: 4x down -> 16x16 latents, the tiny UNet's sample size
+GRID = "grid_lwbsza.mpg"  # 360x288, 25 fps, 75 frames: the cheapest clip to detect on
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """The tiny models gain nothing from intra-op threads, and on a shared 2-core machine OpenMP's waits for a
+    descheduled thread made one 3 s clip take 28 s instead of 2.3 s."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_models):
+    """A Lightning-style generator checkpoint whose model card names the tiny codec and audio encoder."""
+    config = model_zoo.tiny_unet_config()  # cross-attention 32 = the tiny Wav2Vec2's hidden size
+    torch.manual_seed(0)
+    unet = build_unet(config)
+    card = {"kind": "generator", "unet_config": config, "audio_encoder": tiny_models["wav2vec2"],
+            "audio_hidden_size": 32, "codec": tiny_models["vae"], "image_size": IMAGE_SIZE}
+    state = {f"unet.{k}": v for k, v in unet.state_dict().items()}
+    state["model_card"] = encode_model_card(card)
+    path = tiny_models["root"] / "generator.ckpt"
+    torch.save({"state_dict": state, "epoch": 0}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def models(checkpoint):
+    return load_models(checkpoint, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def speech(clips_dir):
+    """Real speech, 16 kHz mono float32 [32000] (2 s)."""
+    return load_audio(clips_dir / "audio" / "latentsync_demo1_audio.wav")[8000:40000]
+
+
+def _write_speech(path, speech, seconds):
+    write_wav(path, speech[:int(seconds * 16000)])
+    return path
+
+
+def _audio_seconds(path) -> float:
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        return float(stream.duration * stream.time_base)
+
+
+class Recorder:
+    """on_frame hook: keeps (source index, box, input frame, output frame) of every output frame."""
+
+    def __init__(self):
+        self.sources, self.boxes, self.inputs, self.outputs = [], [], [], []
+
+    def __call__(self, index, source, box, before, after):
+        assert index == len(self.sources)
+        self.sources.append(source)
+        self.boxes.append(box)
+        self.inputs.append(before)
+        self.outputs.append(after)
+
+
+def _check_encoded_like_hook(outfile, recorder, tolerance=4.0):
+    decoded = list(iter_frames(outfile))
+    assert len(decoded) == len(recorder.outputs)
+    for got, sent in zip(decoded, recorder.outputs):
+        assert np.abs(got.astype(np.float32) - sent).mean() < tolerance
+
+
+def test_video_keeps_size_and_fps_follows_the_audio_and_pastes_only_the_lower_face(models, speech, clips_dir,
+                                                                                    tmp_path):
+    audio = _write_speech(tmp_path / "speech.wav", speech, 2.0)
+    outfile = tmp_path / "out" / "result.mp4"
+    recorder = Recorder()
+    summary = lip_sync(models, clips_dir / GRID, audio, outfile, batch_size=8, on_frame=recorder)
+
+    info = probe_video(outfile)
+    assert (info.width, info.height, info.fps) == (360, 288, 25.0)
+    assert abs(info.num_frames - 2.0 * 25) <= 1 and summary["frames"] == info.num_frames
+    assert _audio_seconds(outfile) == pytest.approx(2.0, abs=0.03)
+    assert summary["faces_found"] == info.num_frames and summary["frames_without_face"] == 0
+    assert set(summary["stages"]) >= {"video_decode", "detect", "vae_encode", "unet", "vae_decode", "blend", "write"}
+    assert recorder.sources == list(range(info.num_frames))  # audio shorter than the video: the video is cut
+
+    source_frames = list(iter_frames(clips_dir / GRID))
+    mask = lower_face_mask(IMAGE_SIZE)
+    for source, box, before, after in zip(recorder.sources, recorder.boxes, recorder.inputs, recorder.outputs):
+        np.testing.assert_array_equal(before, source_frames[source])
+        # where the pasted mask lands in this frame: paste a white face onto black through the same mask
+        footprint = paste_faces(np.zeros_like(before)[None], box[None],
+                                np.full((1, IMAGE_SIZE, IMAGE_SIZE, 3), 255, np.uint8), mask)[0].any(axis=2)
+        np.testing.assert_array_equal(after[~footprint], before[~footprint])
+        assert (after[footprint] != before[footprint]).any()
+        rows = np.flatnonzero(footprint.any(axis=1))
+        assert rows.min() >= (box[1] + box[3]) / 2  # only the lower half of the crop box is touched
+    _check_encoded_like_hook(outfile, recorder)
+
+
+def test_30_fps_video_with_stereo_mp3_ping_pongs_when_the_audio_is_longer(models, speech, clips_dir, tmp_path):
+    source = list(iter_frames(clips_dir / GRID))[:12]
+    face = tmp_path / "face30.mp4"
+    with VideoWriter(face, 30, 360, 288, crf=12) as writer:
+        for frame in source:
+            writer.write(frame)
+    mp3 = tmp_path / "speech.mp3"  # stereo 44.1 kHz: the pipeline resamples and downmixes itself
+    stereo = np.stack([speech[:24000], 0.5 * speech[:24000]])  # 1.5 s at 16 kHz
+    stereo = soxr.resample(stereo.T, 16000, 44100).T.astype(np.float32)
+    with av.open(str(mp3), "w") as container:
+        stream = container.add_stream("libmp3lame", rate=44100)
+        stream.layout = "stereo"
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(stereo), format="fltp", layout="stereo")
+        frame.sample_rate = 44100
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+
+    outfile = tmp_path / "pingpong.mp4"
+    recorder = Recorder()
+    summary = lip_sync(models, face, mp3, outfile, batch_size=8, ref_frame=5, color_match=True, on_frame=recorder)
+
+    info = probe_video(outfile)
+    assert (info.width, info.height, info.fps) == (360, 288, 30.0)
+    assert abs(info.num_frames - 1.5 * 30) <= 1
+    assert _audio_seconds(outfile) == pytest.approx(1.5, abs=0.06)
+    assert summary["source_frames"] == 12 and summary["stages"]["detect"]["frames"] == 12  # detected once each
+    assert recorder.sources == pingpong_indices(12, info.num_frames).tolist()
+    assert recorder.sources[:14] == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 10, 9]  # forward, then backward
+    decoded_source = list(iter_frames(face))
+    for index, before in zip(recorder.sources, recorder.inputs):
+        np.testing.assert_array_equal(before, decoded_source[index])
+    _check_encoded_like_hook(outfile, recorder)
+
+
+def test_still_image_is_repeated_for_the_audio_at_the_given_fps(models, speech, clips_dir, tmp_path):
+    image = tmp_path / "face.png"
+    cv2.imwrite(str(image), cv2.cvtColor(next(iter_frames(clips_dir / GRID)), cv2.COLOR_RGB2BGR))
+    audio = _write_speech(tmp_path / "speech.wav", speech, 1.2)
+    outfile = tmp_path / "still.mp4"
+    recorder = Recorder()
+    summary = lip_sync(models, image, audio, outfile, fps=10, resize_factor=2, batch_size=8, on_frame=recorder)
+
+    info = probe_video(outfile)
+    assert (info.width, info.height, info.fps, info.num_frames) == (180, 144, 10.0, 12)
+    assert summary["source_frames"] == 1 and set(recorder.sources) == {0}
+    assert _audio_seconds(outfile) == pytest.approx(1.2, abs=0.03)
+
+
+def test_frames_without_a_face_pass_through_unchanged(models, speech, clips_dir, tmp_path):
+    faces = list(iter_frames(clips_dir / GRID))[:6]
+    face = tmp_path / "half_faceless.mp4"
+    with VideoWriter(face, 25, 360, 288, crf=12) as writer:
+        for frame in faces + [np.full_like(faces[0], 128)] * 6:
+            writer.write(frame)
+    audio = _write_speech(tmp_path / "speech.wav", speech, 12 / 25)
+    recorder = Recorder()
+    summary = lip_sync(models, face, audio, tmp_path / "out.mp4", batch_size=8, on_frame=recorder)
+
+    assert (summary["frames"], summary["faces_found"], summary["frames_without_face"]) == (12, 6, 6)
+    for box, before, after in zip(recorder.boxes[6:], recorder.inputs[6:], recorder.outputs[6:]):
+        assert box is None
+        np.testing.assert_array_equal(after, before)
+
+
+def test_ref_frame_out_of_range_is_a_user_error(models, speech, clips_dir, tmp_path):
+    audio = _write_speech(tmp_path / "speech.wav", speech, 0.4)
+    with pytest.raises(UserError, match="--ref_frame 500"):
+        lip_sync(models, clips_dir / GRID, audio, tmp_path / "x.mp4", ref_frame=500, box=(60, 200, 120, 240))
+    assert not list(tmp_path.glob("*.mp4"))
+
+
+def _script(*args, cwd):
+    cwd.mkdir(exist_ok=True)
+    return subprocess.Popen([sys.executable, str(ROOT / "unet_inference.py"), *map(str, args)], cwd=cwd,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(scope="module")
+def inputs(speech, tmp_path_factory):
+    """Good speech and the bad inputs: a text file named .mp4, a 0-sample wav, a faceless video without audio,
+    a SyncNet checkpoint and a file of garbage named .ckpt."""
+    root = tmp_path_factory.mktemp("inputs")
+    (root / "not_a_video.mp4").write_text("hello")
+    sf.write(str(root / "empty.wav"), np.zeros(0, np.float32), 16000)
+    with VideoWriter(root / "faceless_silent.mp4", 25, 128, 96) as writer:
+        for _ in range(10):
+            writer.write(np.full((96, 128, 3), 128, np.uint8))
+    net = SyncNet(SyncNetConfig(audio_dim=32))
+    sync_state = {f"syncnet.{k}": v for k, v in net.state_dict().items()}
+    sync_state["model_card"] = encode_model_card({"kind": "syncnet", "syncnet": net.config.to_dict()})
+    torch.save({"state_dict": sync_state}, root / "syncnet.ckpt")
+    (root / "garbage.ckpt").write_bytes(b"\x00not a checkpoint" * 10)
+    _write_speech(root / "speech.wav", speech, 0.8)
+    return root
+
+
+BAD_INPUTS = {  # case: (checkpoint, face, audio, what the message says); None = the good one
+    "missing_face": (None, "nope.mp4", None, "face file not found"),
+    "face_not_video": (None, "not_a_video.mp4", None, "cannot read video"),
+    "audio_without_stream": (None, None, "faceless_silent.mp4", "no audio stream"),
+    "zero_length_audio": (None, None, "empty.wav", "empty audio"),
+    "faceless_video": (None, "faceless_silent.mp4", None, "no face found"),
+    "syncnet_checkpoint": ("syncnet.ckpt", None, None, "not a generator"),
+    "unreadable_checkpoint": ("garbage.ckpt", None, None, "not a checkpoint"),
+}
+
+
+@pytest.fixture(scope="module")
+def script_runs(checkpoint, inputs, clips_dir, tmp_path_factory):
+    """unet_inference.py as real processes, all started at once (each pays ~3 s of imports): one good run with
+    the default outfile, and one run per BAD_INPUTS case. -> {name: (returncode, stdout, stderr, folder)}."""
+    root = tmp_path_factory.mktemp("script_runs")
+    procs = {"good": _script("--checkpoint_path", checkpoint, "--face", clips_dir / GRID, "--audio",
+                             inputs / "speech.wav", "--batch_size", 8, "--box", 60, 200, 120, 240, "--nosmooth",
+                             "--crf", 23, cwd=root / "good")}
+    for case, (ckpt, face, audio, _) in BAD_INPUTS.items():
+        procs[case] = _script("--checkpoint_path", inputs / ckpt if ckpt else checkpoint,
+                              "--face", inputs / face if face else clips_dir / GRID,
+                              "--audio", inputs / (audio or "speech.wav"), cwd=root / case)
+    outputs = {name: proc.communicate(timeout=180) for name, proc in procs.items()}
+    return {name: (proc.returncode, *outputs[name], root / name) for name, proc in procs.items()}
+
+
+def test_script_writes_the_default_outfile_and_prints_the_summary(script_runs):
+    returncode, stdout, stderr, folder = script_runs["good"]
+    assert returncode == 0, stderr
+    assert (folder / "results" / "result_voice.mp4").is_file()  # the default outfile, its folder created
+    assert "faces found in 20/20 frames" in stdout and "unet" in stdout
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_inputs_fail_in_one_line_without_output(case, script_runs):
+    returncode, _, stderr, folder = script_runs[case]
+    lines = stderr.strip().splitlines()
+    assert returncode == 1
+    assert len(lines) == 1 and lines[0].startswith("error: ") and BAD_INPUTS[case][3] in lines[0], stderr
+    assert not (folder / "results").exists()
