@@ -3,7 +3,7 @@
     python unet_inference.py --checkpoint_path CKPT --face VIDEO_OR_IMAGE --audio AUDIO \
         [--outfile results/result_voice.mp4] [--static] [--fps 25] [--pads 0 10 0 0] [--box T B L R] \
         [--resize_factor 1] [--nosmooth] [--batch_size 16] [--ref_frame K] [--color_match] [--crf 18] \
-        [--unet_config FOLDER] [--audio_encoder ID] [--codec ID] [--image_size N] [--device auto]
+        [--unet_config FOLDER] [--audio_encoder ID] [--codec ID] [--image_size N] [--device auto] [--compile]
 
 The UNet config, audio encoder, codec and crop size come from the checkpoint's model card; the flags override
 them only when given. The work is lipsync.inference.lip_sync; this prints its summary.
@@ -55,6 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="override the checkpoint's latent codec (VAE: hub id or folder)")
     p.add_argument("--image_size", type=int, default=DEFAULTS.image_size, help="override the face crop size")
     p.add_argument("--device", default=DEFAULTS.device, help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--compile", action="store_true", help="torch.compile UNet and codec (CUDA; long inputs)")
     return p.parse_args(argv)
 
 

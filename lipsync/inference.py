@@ -14,6 +14,8 @@ through unchanged.
 """
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from collections import defaultdict
 from contextlib import contextmanager
@@ -41,7 +43,7 @@ from lipsync.video_io import (
 from models.unet import check_unet_config, generate
 
 DEFAULT_OUTFILE = "results/result_voice.mp4"
-STAGES = ("audio", "video_decode", "detect", "vae_encode", "unet", "vae_decode", "blend", "write")
+STAGES = ("audio", "video_decode", "detect", "crop", "vae_encode", "unet", "vae_decode", "blend", "write")
 
 # on_frame(output index, source index, crop box [4] x1y1x2y2 or None, input frame, output frame), both
 # RGB uint8 [H, W, 3]: lets a caller see every frame before it is encoded (tests, validation samples)
@@ -66,6 +68,7 @@ class LipSyncOptions:
     codec: str | None = None  # overrides the checkpoint's codec (VAE) id
     image_size: int | None = None  # overrides the checkpoint's face crop size
     device: str = "auto"  # "auto" = cuda when available, else cpu
+    compile: bool = False  # torch.compile the UNet and the codec (CUDA; pays off from a few hundred frames on)
     progress: bool = True  # tqdm bars (shown only on a terminal)
     on_frame: FrameCallback | None = None
 
@@ -104,7 +107,7 @@ def _read_unet_config(folder) -> dict:
 
 
 def load_models(checkpoint_path, unet_config=None, audio_encoder: str | None = None, codec: str | None = None,
-                image_size: int | None = None, device: str = "auto") -> LipSyncModels:
+                image_size: int | None = None, device: str = "auto", compile: bool = False) -> LipSyncModels:
     """UNet from any checkpoint kind; codec, audio encoder and crop size from its model card (arguments given
     here override it). CUDA: codec + UNet in bf16 (fp16 where bf16 is missing), SDPA attention, cuDNN autotuning;
     NCHW, not channels_last: both nets are GroupNorm-heavy and ran slower channels_last on an H100 in bf16
@@ -128,6 +131,11 @@ def load_models(checkpoint_path, unet_config=None, audio_encoder: str | None = N
         torch.backends.cudnn.benchmark = True  # crops have one fixed size: autotuned kernels pay off
         unet.set_attn_processor(AttnProcessor2_0())  # torch SDPA (flash / memory-efficient kernels)
         latent_codec.vae.set_attn_processor(AttnProcessor2_0())
+    if compile and device.type == "cuda":  # fuses the GroupNorm / SiLU / residual chains that dominate the VAE
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)  # batch sizes vary
+        unet = torch.compile(unet)
+        latent_codec.vae.encoder = torch.compile(latent_codec.vae.encoder)
+        latent_codec.vae.decoder = torch.compile(latent_codec.vae.decoder)
     return LipSyncModels(unet, latent_codec, speech_encoder, int(size), device)
 
 
@@ -166,6 +174,12 @@ class StageTimer:
                 return
             self.frames[name] += 1
             yield item
+
+    def merge(self, other: "StageTimer") -> None:
+        """Add another thread's stage times (stages of different threads overlap in wall time)."""
+        for name, seconds in other.seconds.items():
+            self.seconds[name] += seconds
+            self.frames[name] += other.frames[name]
 
     def summary(self) -> dict:
         return {name: {"seconds": round(self.seconds[name], 3), "frames": self.frames[name],
@@ -244,18 +258,80 @@ def _reference_latent(models: LipSyncModels, source: FaceSource, boxes: np.ndarr
     return models.codec.encode(uint8_to_model(crop, models.device, models.dtype))
 
 
-def _lip_sync_faces(models: LipSyncModels, frames: list[np.ndarray], boxes: np.ndarray, sources: np.ndarray,
-                    audio: torch.Tensor, reference: torch.Tensor | None, mask: np.ndarray, match_colors: bool,
-                    timer: StageTimer) -> np.ndarray:
-    """F frames [H, W, 3] with faces in crop boxes [F, 4], their source indices [F], audio windows
-    [F, 10, D] -> the frames with the lower face regenerated [F, H, W, 3] uint8."""
-    num = len(frames)
-    # a still image or a ping-pong turn repeats source frames: crop and encode each once
-    _, first, inverse = np.unique(sources, return_index=True, return_inverse=True)
-    repeat = torch.from_numpy(inverse).to(models.device)  # [F] row of each frame among the unique ones
+@dataclass
+class Batch:
+    """One batch of output frames on its way through the pipeline."""
+    start: int  # output index of the first frame
+    sources: np.ndarray  # [B] source frame shown by each output frame
+    frames: list  # B x [H, W, 3] uint8 RGB input frames
+    rows: np.ndarray  # [F] rows of the batch with a face
+    crops: np.ndarray | None = None  # [U, S, S, 3] uint8: each distinct source face of the rows, cropped once
+    inverse: np.ndarray | None = None  # [F] index into crops of each row
+    faces: np.ndarray | None = None  # [F, S, S, 3] uint8 generated faces
+
+
+def _background(items: Iterable, maxsize: int = 2) -> Iterator:
+    """Produce `items` in a background thread (bounded queue); exceptions re-raise in the consumer."""
+    done = object()
+    q: queue.Queue = queue.Queue(maxsize)
+    stop = threading.Event()
+
+    def produce():
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(done)
+        except BaseException as err:  # handed to the consumer
+            q.put(err)
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _prepare_batches(source: FaceSource, sources: np.ndarray, boxes: np.ndarray, found: np.ndarray,
+                     batch_size: int, image_size: int, timer: StageTimer) -> Iterator[Batch]:
+    """CPU side, thread 1: decode the output's source frames and crop each distinct face once per batch."""
+    frames = timer.iterate("video_decode", source.frames_at(sources, chunk=max(48, batch_size)))
+    for start in range(0, len(sources), batch_size):
+        batch_sources = sources[start:start + batch_size]
+        batch = Batch(start, batch_sources, [next(frames) for _ in batch_sources],
+                      np.flatnonzero(found[batch_sources]))
+        if batch.rows.size:
+            # a still image or a ping-pong turn repeats source frames: crop and encode each once
+            row_sources = batch_sources[batch.rows]
+            _, first, batch.inverse = np.unique(row_sources, return_index=True, return_inverse=True)
+            with timer.stage("crop", len(first)):
+                batch.crops = crop_faces([batch.frames[batch.rows[i]] for i in first], boxes[row_sources[first]],
+                                         image_size)  # [U, S, S, 3]
+        yield batch
+
+
+def _generate_faces(models: LipSyncModels, batch: Batch, audio: torch.Tensor, reference: torch.Tensor | None,
+                    timer: StageTimer) -> None:
+    """GPU side, main thread: crops -> masked + reference latents -> UNet on the rows' audio windows
+    [F, 10, D] -> decoded faces [F, S, S, 3] uint8 (stored on the batch)."""
+    num = len(batch.rows)
+    repeat = torch.from_numpy(batch.inverse).to(models.device)  # [F] row of each frame among the unique crops
     with timer.stage("vae_encode", num):
-        crops = crop_faces([frames[i] for i in first], boxes[first], models.image_size)  # [U, S, S, 3]
-        x = uint8_to_model(crops, models.device, models.dtype)  # [U, 3, S, S] in [-1, 1]
+        x = uint8_to_model(batch.crops, models.device, models.dtype)  # [U, 3, S, S] in [-1, 1]
         if reference is None:  # each frame's own face: one codec call for masked + reference
             masked, own = models.codec.encode(torch.cat([mask_lower_half(x), x])).chunk(2)  # [U, C, h, w] each
             masked, references = masked[repeat], own[repeat]  # [F, C, h, w]
@@ -265,11 +341,31 @@ def _lip_sync_faces(models: LipSyncModels, frames: list[np.ndarray], boxes: np.n
     with timer.stage("unet", num):
         latents = generate(models.unet, masked, references, audio.to(models.device))  # [F, C, h, w]
     with timer.stage("vae_decode", num):
-        faces = model_to_uint8(models.codec.decode(latents))  # [F, S, S, 3] uint8 RGB
-    with timer.stage("blend", num):
-        if match_colors:
-            faces = color_match(faces, crops[inverse], mask)
-        return paste_faces(frames, boxes, faces, mask)
+        batch.faces = model_to_uint8(models.codec.decode(latents))  # [F, S, S, 3] uint8 RGB
+
+
+def _blend_and_write(batches: Iterable[Batch], writer: VideoWriter, boxes: np.ndarray, found: np.ndarray,
+                     mask: np.ndarray, match_colors: bool, on_frame: FrameCallback | None, bar,
+                     timer: StageTimer) -> None:
+    """CPU side, thread 3: paste the generated lower faces back (feathered mask) and encode the frames."""
+    for batch in batches:
+        output = list(batch.frames)
+        if batch.rows.size:
+            with timer.stage("blend", len(batch.rows)):
+                faces = batch.faces
+                if match_colors:
+                    faces = color_match(faces, batch.crops[batch.inverse], mask)
+                pasted = paste_faces([batch.frames[r] for r in batch.rows], boxes[batch.sources[batch.rows]],
+                                     faces, mask)
+                for row, frame in zip(batch.rows, pasted):
+                    output[row] = frame
+        with timer.stage("write", len(output)):
+            for frame in output:
+                writer.write(frame)
+        if on_frame is not None:
+            for row, (src, before, after) in enumerate(zip(batch.sources, batch.frames, output)):
+                on_frame(batch.start + row, int(src), boxes[src] if found[src] else None, before, after)
+        bar.update(len(output))
 
 
 @torch.inference_mode()
@@ -296,7 +392,7 @@ def lip_sync(checkpoint, face, audio, outfile=DEFAULT_OUTFILE, **options) -> dic
         models = checkpoint
     else:
         models = load_models(checkpoint, opts.unet_config, opts.audio_encoder, opts.codec, opts.image_size,
-                             opts.device)
+                             opts.device, opts.compile)
     timer = StageTimer(models.device)
     with timer.stage("audio", num_out):
         features = models.audio_encoder.encode(speech)  # [F, D] at 50 Hz
@@ -316,32 +412,29 @@ def lip_sync(checkpoint, face, audio, outfile=DEFAULT_OUTFILE, **options) -> dic
         raise UserError(f"no face found in any frame of {face}")
     reference = None if opts.ref_frame is None else _reference_latent(models, source, boxes, found, opts.ref_frame)
 
-    # pass 2: generate and write
+    # pass 2: three threads overlap CPU and GPU work: decode + crop -> codec + UNet (GPU) -> paste + encode
     sources = pingpong_indices(len(boxes), num_out)  # [n_out] source frame shown by each output frame
-    frames = timer.iterate("video_decode", source.frames_at(sources, chunk=max(48, opts.batch_size)))
     mask = lower_face_mask(models.image_size)  # [S, S] float32 in crop coordinates
+    timers = [StageTimer(torch.device("cpu")), timer, StageTimer(torch.device("cpu"))]  # one per thread
+    prepared = _background(_prepare_batches(source, sources, boxes, found, opts.batch_size, models.image_size,
+                                            timers[0]))
+
+    def generated():
+        for batch in prepared:
+            if batch.rows.size:
+                windows = timing.generator_audio_windows(features, batch.start + batch.rows, fps=source.fps)
+                with torch.inference_mode():  # grad mode is per thread
+                    _generate_faces(models, batch, windows, reference, timer)  # windows [F, 10, D]
+            yield batch
+
     with VideoWriter(outfile, source.fps, source.width, source.height, crf=opts.crf, audio=track,
                      audio_rate=track_rate) as writer, \
             tqdm(total=num_out, desc="lip sync", unit="frame", disable=None if opts.progress else True) as bar:
-        for start in range(0, num_out, opts.batch_size):
-            batch_sources = sources[start:start + opts.batch_size]  # [B]
-            batch = [next(frames) for _ in batch_sources]  # B x [H, W, 3] uint8 RGB
-            output = list(batch)
-            rows = np.flatnonzero(found[batch_sources])  # batch rows with a face
-            if rows.size:
-                audio_windows = timing.generator_audio_windows(features, start + rows, fps=source.fps)  # [F, 10, D]
-                synced = _lip_sync_faces(models, [batch[r] for r in rows], boxes[batch_sources[rows]],
-                                         batch_sources[rows], audio_windows, reference, mask, opts.color_match,
-                                         timer)
-                for row, frame in zip(rows, synced):
-                    output[row] = frame
-            with timer.stage("write", len(batch)):
-                for frame in output:
-                    writer.write(frame)
-            if opts.on_frame is not None:
-                for row, (src, before, after) in enumerate(zip(batch_sources, batch, output)):
-                    opts.on_frame(start + row, int(src), boxes[src] if found[src] else None, before, after)
-            bar.update(len(batch))
+        # the writer consumes in the main thread; generation runs one batch ahead in its own thread
+        _blend_and_write(_background(generated()), writer, boxes, found, mask, opts.color_match, opts.on_frame,
+                         bar, timers[2])
+    for other in (timers[0], timers[2]):
+        timer.merge(other)
 
     faces_found = int(found[sources].sum())
     return {"outfile": str(outfile), "frames": num_out, "source_frames": len(boxes), "faces_found": faces_found,

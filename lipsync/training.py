@@ -1,0 +1,263 @@
+"""Shared trainer setup of unet_syncnet_lightning.py and unet_wav2lip_lightning.py.
+
+One place for: the common options, seeding and the data module, AdamW + warm-up/cosine schedule, strategies
+(DeepSpeed ZeRO-2 on GPUs, the same ZeRO-2 code path on a CPU-only machine through `CPUDeepSpeedStrategy`),
+the run folder and checkpoints, and resuming.
+
+Run folder: `<output_dir>/<experiment>/version_K/` with `options.json` (the resolved options, also stored in
+every checkpoint under "options"), `checkpoints/` (top-k by a validation metric + `last.ckpt`; under DeepSpeed
+each is a ZeRO folder holding DeepSpeed's `zero_to_fp32.py`), TensorBoard events and `samples/`.
+
+Frozen networks (the SyncNet expert, the sample-image codec) are held with `hold_frozen`, outside the module's
+registered children: ZeRO never shards or stores them, Lightning's `.train()` never reaches them, and
+checkpoints hold only trainable weights, buffers and the `model_card`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.strategies import DDPStrategy, DeepSpeedStrategy
+
+from lipsync.checkpoint import decode_model_card, read_checkpoint
+from lipsync.data import LatentDataModule
+from lipsync.errors import UserError
+
+COSINE_FLOOR = 0.1  # the cosine schedule ends at this fraction of --lr
+
+
+class CPUDeepSpeedStrategy(DeepSpeedStrategy):
+    """DeepSpeedStrategy without Lightning's CUDA-only guard: ZeRO on one CPU process (gloo), so CI runs the
+    exact DeepSpeed code path (sharded checkpoint folders, zero_to_fp32.py) that GPU training uses."""
+
+    def __init__(self, **kw):
+        kw.setdefault("process_group_backend", "gloo")
+        kw.setdefault("parallel_devices", [torch.device("cpu", 0)])  # an index is required by DeepSpeed
+        super().__init__(**kw)
+
+    def setup_environment(self):
+        DDPStrategy.setup_environment(self)  # skips DeepSpeedStrategy's CUDAAccelerator check
+
+
+def hold_frozen(module: torch.nn.Module, name: str, value) -> None:
+    """Attach a frozen network (or None) to `module` WITHOUT registering it as a child (see module docstring)."""
+    object.__setattr__(module, name, value)
+
+
+# ----------------------------------------------------------------------------------------------- options
+
+def _int_or_float(text: str):
+    """--val_check_interval: an int counts training batches, a float is a fraction of an epoch."""
+    return float(text) if "." in text else int(text)
+
+
+def _devices(text: str):
+    return text if text == "auto" else int(text)
+
+
+def add_data_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("data")
+    g.add_argument("--data_root", required=True, help="folder holding the preprocessed video folders")
+    g.add_argument("--dataset_name", required=True, help="reads filelists_<name>/{train,val}.txt")
+    g.add_argument("--T", type=int, default=5, help="video frames per window")
+    g.add_argument("--train_samples_per_epoch", type=int, default=100_000)
+    g.add_argument("--val_samples", type=int, default=1024, help="fixed, seeded validation windows")
+    g.add_argument("--overfit", action="store_true", help="validate on (a fixed sample of) the training videos: can it fit?")
+    g.add_argument("--num_workers", type=int, default=4)
+
+
+def add_trainer_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("training")
+    g.add_argument("--batch_size", type=int, default=8, help="per device")
+    g.add_argument("--lr", type=float, default=1e-4)
+    g.add_argument("--weight_decay", type=float, default=0.01, help="AdamW decay (never on norms and biases)")
+    g.add_argument("--warmup_steps", type=int, default=1000, help="linear warm-up, in optimizer steps")
+    g.add_argument("--lr_schedule", choices=["cosine", "constant"], default="cosine",
+                   help=f"after warm-up: cosine down to {COSINE_FLOOR} x lr at the last step, or constant")
+    g.add_argument("--max_steps", type=int, default=200_000, help="optimizer steps (-1: use --max_epochs)")
+    g.add_argument("--max_epochs", type=int, default=-1, help="-1: unlimited")
+    g.add_argument("--val_check_interval", type=_int_or_float, default=1000,
+                   help="int: validate every N training batches; float: fraction of an epoch")
+    g.add_argument("--accumulate_grad_batches", type=int, default=1)
+    g.add_argument("--gradient_clip_val", type=float, default=1.0)
+    g.add_argument("--devices", type=_devices, default="auto")
+    g.add_argument("--num_nodes", type=int, default=1)
+    g.add_argument("--precision", choices=["32-true", "bf16-mixed", "bf16-true", "16-mixed"], default=None,
+                   help="default: bf16-mixed on CUDA, 32-true on CPU")
+    g.add_argument("--strategy", choices=["deepspeed_stage_2", "ddp", "auto"], default="deepspeed_stage_2",
+                   help="deepspeed_stage_2 runs ZeRO-2 on GPUs and on a CPU-only machine (one process); "
+                        "default: %(default)s")
+    g.add_argument("--seed", type=int, default=1234)
+    g.add_argument("--output_dir", default="experiments", help="run folders go to <output_dir>/<experiment>/")
+    g.add_argument("--ckpt", default=None, help="resume: a .ckpt file or a DeepSpeed checkpoint folder")
+    g.add_argument("--save_top_k", type=int, default=3)
+    g.add_argument("--log_every_n_steps", type=int, default=50)
+    g.add_argument("--wandb", action="store_true", help="also log to Weights & Biases")
+
+
+@dataclass
+class OptimConfig:
+    lr: float
+    weight_decay: float
+    warmup_steps: int
+    schedule: str  # "cosine" | "constant"
+
+    @classmethod
+    def from_args(cls, args) -> "OptimConfig":
+        return cls(args.lr, args.weight_decay, args.warmup_steps, args.lr_schedule)
+
+
+def lr_factor(step: int, config: OptimConfig, total_steps: float) -> float:
+    """LR multiplier at optimizer step `step`: linear warm-up to 1, then cosine to COSINE_FLOOR or constant."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    if config.schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - config.warmup_steps) / max(1.0, total_steps - config.warmup_steps))
+    return COSINE_FLOOR + (1 - COSINE_FLOOR) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def configure_adamw(module: torch.nn.Module, config: OptimConfig, total_steps: float) -> dict:
+    """AdamW over the trainable parameters of `module` (weight decay only on >= 2-D weights, never on norms and
+    biases) with a per-step LambdaLR; returns what LightningModule.configure_optimizers returns."""
+    if config.schedule == "cosine" and not math.isfinite(total_steps):
+        raise UserError("--lr_schedule cosine needs a finite run: set --max_steps or --max_epochs "
+                        "(or use --lr_schedule constant)")
+    params = [p for p in module.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=config.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config, total_steps))
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+# -------------------------------------------------------------------------------------------- data + card
+
+def start_run(args, task: str):
+    """Resolve hardware defaults, seed everything, and build the data module of `task` ("syncnet" | "generator")."""
+    _resolve_args(args)
+    pl.seed_everything(args.seed, workers=True)
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision("high")
+    return LatentDataModule(args.data_root, args.dataset_name, task=task, batch_size=args.batch_size,
+                            num_workers=args.num_workers, T=args.T,
+                            train_samples_per_epoch=args.train_samples_per_epoch, val_samples=args.val_samples,
+                            seed=args.seed, overfit=args.overfit)
+
+
+def data_card(data) -> dict:
+    """The model-card entries that come from the dataset (every checkpoint records what it was trained on)."""
+    return {"audio_encoder": data.audio_model_id, "audio_hidden_size": data.audio_dim, "codec": data.codec_id,
+            "image_size": data.image_size, "latent_size": data.latent_size}
+
+
+def check_card_matches_data(card: dict, data, source) -> None:
+    """A network trained on other features (audio encoder, codec, crop size) is useless here: say so."""
+    wanted = data_card(data)
+    diff = [f"{k} {card[k]!r} != {wanted[k]!r}" for k in wanted if k in card and card[k] != wanted[k]]
+    if diff:
+        raise UserError(f"{source} was trained on other data than {data.dataset_name}: {'; '.join(diff)}")
+
+
+# ------------------------------------------------------------------------------------------ trainer + run
+
+def _resolve_args(args) -> None:
+    """Fill hardware-dependent defaults in place, so options.json records what actually ran."""
+    cuda = torch.cuda.is_available()
+    if args.precision is None:
+        args.precision = "bf16-mixed" if cuda else "32-true"
+    if args.wandb:
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            raise UserError("--wandb needs the wandb package (pip install wandb)") from None
+
+
+def _strategy(args):
+    if args.strategy != "deepspeed_stage_2":
+        return args.strategy
+    if torch.cuda.is_available():
+        return DeepSpeedStrategy(stage=2)
+    if args.devices not in ("auto", 1) or args.num_nodes != 1:
+        raise UserError("DeepSpeed on a CPU-only machine runs one process: use --devices 1 --num_nodes 1")
+    return CPUDeepSpeedStrategy(stage=2)
+
+
+def run_dir(trainer: pl.Trainer) -> Path:
+    """<output_dir>/<experiment>/version_K (the parent of the checkpoint folder, identical on every rank)."""
+    return Path(trainer.checkpoint_callback.dirpath).parent
+
+
+class RunOptions(Callback):
+    """Writes options.json into the run folder and stores the options in every checkpoint."""
+
+    def __init__(self, options: dict):
+        self.options = options
+
+    def on_fit_start(self, trainer, pl_module):
+        if trainer.is_global_zero:
+            folder = run_dir(trainer)
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "options.json").write_text(json.dumps(self.options, indent=2, sort_keys=True) + "\n")
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        checkpoint["options"] = self.options
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint whose last.ckpt always holds the final state: Lightning 2.6 skips its end-of-fit save of
+    last.ckpt once one was written during the fit, so a run ending between validations kept a stale one."""
+
+    def on_train_end(self, trainer, pl_module):
+        if self.save_last and self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+def make_trainer(args, experiment_name: str, monitor: str, filename: str, mode: str = "min") -> pl.Trainer:
+    """Trainer writing to <output_dir>/<experiment_name>/version_K/, keeping the top-k checkpoints by `monitor`
+    (`filename` is a ModelCheckpoint pattern, e.g. "syncnet-u-{step}-{val/loss:.3f}") and last.ckpt."""
+    loggers = [TensorBoardLogger(save_dir=args.output_dir, name=experiment_name, default_hp_metric=False)]
+    if args.wandb:
+        from pytorch_lightning.loggers import WandbLogger
+        loggers.append(WandbLogger(project=experiment_name, save_dir=args.output_dir))
+    checkpoints = RunCheckpoint(monitor=monitor, mode=mode, save_top_k=args.save_top_k, save_last=True,
+                                filename=filename, auto_insert_metric_name=False)
+    step_interval = isinstance(args.val_check_interval, int)
+    return pl.Trainer(
+        accelerator="auto", devices=args.devices, num_nodes=args.num_nodes, strategy=_strategy(args),
+        precision=args.precision, max_steps=args.max_steps, max_epochs=args.max_epochs,
+        val_check_interval=args.val_check_interval,
+        check_val_every_n_epoch=None if step_interval else 1,  # int intervals count batches across epochs
+        accumulate_grad_batches=args.accumulate_grad_batches, gradient_clip_val=args.gradient_clip_val,
+        log_every_n_steps=args.log_every_n_steps, logger=loggers,
+        callbacks=[checkpoints, LearningRateMonitor(logging_interval="step"), RunOptions(vars(args))])
+
+
+def check_resume(path, module: pl.LightningModule) -> None:
+    """--ckpt must exist and hold the same model (same model card) as the one this run builds."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"--ckpt {path} not found")
+    states = path / "checkpoint" / "mp_rank_00_model_states.pt"  # ZeRO folder: read the card, skip the merge
+    card = read_checkpoint(states if states.is_file() else path).card
+    ours = decode_model_card(module.model_card)
+    if card != ours:
+        keys = sorted(k for k in set(ours) | set(card or {}) if (card or {}).get(k) != ours.get(k))
+        raise UserError(f"--ckpt {path} holds a different model than these options build "
+                        f"(differs in: {', '.join(keys)})")
+
+
+def fit(args, module: pl.LightningModule, data, experiment_name: str, monitor: str, filename: str) -> pl.Trainer:
+    """Train `module` (resuming from --ckpt: global step, optimizer, scheduler and buffers continue)."""
+    if args.ckpt:
+        check_resume(args.ckpt, module)
+    trainer = make_trainer(args, experiment_name, monitor, filename)
+    trainer.fit(module, datamodule=data, ckpt_path=args.ckpt)
+    return trainer

@@ -1,0 +1,45 @@
+"""LightningModule of the latent SyncNet expert: the network, its BCE loss, AdamW, one step for train and val."""
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+
+from lipsync.checkpoint import encode_model_card
+from lipsync.training import OptimConfig, configure_adamw
+from models.syncnet import SyncNet, SyncNetConfig, sync_loss
+
+
+class SyncNetModule(pl.LightningModule):
+    def __init__(self, config: SyncNetConfig, card: dict, optim: OptimConfig):
+        """card: the model card (kind "syncnet", config, audio encoder, codec, sizes), stored in every checkpoint."""
+        super().__init__()
+        self.syncnet = SyncNet(config)
+        self.register_buffer("model_card", encode_model_card(card))
+        self.optim = optim
+
+    def _step(self, batch, stage: str) -> torch.Tensor:
+        # faces [B, T, C, h, w], audio [B, 2T, D], label [B] (1 = in sync)
+        p = self.syncnet.sync_probability(batch["faces"], batch["audio"]).float()  # [B] in [0, 1]
+        label = batch["label"].float()
+        loss = sync_loss(p, label)
+        batch_size = label.shape[0]
+        if stage == "train":
+            self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+            return loss
+        positive = label > 0.5
+        self.log_dict({"val/loss": loss, "val/acc": ((p > 0.5) == positive).float().mean()},
+                      prog_bar=True, sync_dist=True, batch_size=batch_size)
+        # mean cosine of in-sync and off-sync pairs, weighted by how many of each the batch holds
+        for name, rows in (("val/pos_cos", positive), ("val/neg_cos", ~positive)):
+            if rows.any():
+                self.log(name, p[rows].mean(), sync_dist=True, batch_size=int(rows.sum()))
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val")
+
+    def configure_optimizers(self):
+        return configure_adamw(self.syncnet, self.optim, self.trainer.estimated_stepping_batches)

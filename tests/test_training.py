@@ -1,0 +1,143 @@
+"""Both training scripts end to end on tiny data through the DeepSpeed ZeRO-2 path (CPUDeepSpeedStrategy):
+checkpoint folders, exact resume, the persisted sync switch, the frozen expert, zero_to_fp32 merge -> loader."""
+import copy
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import unet_syncnet_lightning
+import unet_wav2lip_lightning
+from lipsync import model_zoo
+from lipsync.checkpoint import load_generator, load_syncnet, read_checkpoint
+from lipsync.data import write_latent_folder
+from lipsync.errors import UserError
+from models.unet import generate
+
+FRAMES, C, SIZE, DIM = 40, 4, 16, 32
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, tiny_models):
+    """cwd with filelists_lrs2/ and a data root of 4 random videos (16x16 latents, 32-d features, tiny codec)."""
+    root = tmp_path_factory.mktemp("train")
+    gen = torch.Generator().manual_seed(0)
+    names = [f"spk{i}/clip" for i in range(4)]
+    for name in names:
+        full = torch.randn(FRAMES, C, SIZE, SIZE, generator=gen)
+        masked = full.clone()
+        masked[..., SIZE // 2:, :] = 0
+        write_latent_folder(root / "data" / name, full, masked, np.arange(FRAMES),
+                            torch.randn(2 * FRAMES - 1, DIM, generator=gen), "tiny/wav2vec2",
+                            {"image_size": 4 * SIZE, "codec": tiny_models["vae"]})
+    (root / "filelists_lrs2").mkdir()
+    (root / "filelists_lrs2" / "train.txt").write_text("\n".join(names[:3]) + "\n")
+    (root / "filelists_lrs2" / "val.txt").write_text(names[3] + "\n")
+    return root
+
+
+def argv(workdir, max_steps, *extra):
+    return ["--data_root", str(workdir / "data"), "--dataset_name", "lrs2", "--batch_size", "2",
+            "--num_workers", "0", "--train_samples_per_epoch", "8", "--val_samples", "2",
+            "--max_steps", str(max_steps), "--val_check_interval", "3", "--warmup_steps", "1",
+            "--accumulate_grad_batches", "1", "--precision", "32-true", "--log_every_n_steps", "1",
+            "--output_dir", str(workdir / "runs"), *extra]
+
+
+def run_folder(workdir, experiment, version):
+    return workdir / "runs" / experiment / f"version_{version}"
+
+
+@pytest.fixture(scope="module")
+def syncnet_run(workdir):
+    """3 steps of unet_syncnet_lightning.py; validation (and so a top-k checkpoint) at step 3."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(workdir)
+        trainer = unet_syncnet_lightning.main(argv(workdir, 3, "--strategy", "deepspeed_stage_2"))
+    return trainer, run_folder(workdir, "latent_syncnet_experiment", 0)
+
+
+def test_syncnet_zero2_checkpoint_resume_and_load(workdir, syncnet_run, monkeypatch):
+    trainer, run = syncnet_run
+    assert trainer.global_step == 3
+    last = run / "checkpoints" / "last.ckpt"
+    assert last.is_dir() and (last / "zero_to_fp32.py").is_file() and (last / "latest").is_file()
+    assert len(list((run / "checkpoints").glob("syncnet-u-3-*.ckpt"))) == 1  # top-k by val/loss
+    assert (run / "options.json").is_file()
+
+    monkeypatch.chdir(workdir)
+    resumed = unet_syncnet_lightning.main(argv(workdir, 5, "--strategy", "deepspeed_stage_2", "--ckpt", str(last)))
+    assert resumed.global_step == 5
+    assert resumed.lr_scheduler_configs[0].scheduler.last_epoch == 5  # the schedule continued
+    adam = resumed.strategy.deepspeed_engine.optimizer.optimizer  # ZeRO-2 wraps torch's AdamW
+    assert {int(state["step"]) for state in adam.state.values()} == {5}  # so did the optimizer moments
+
+    final = run_folder(workdir, "latent_syncnet_experiment", 1) / "checkpoints" / "last.ckpt"
+    loaded = load_syncnet(final, expect_variant="u")
+    assert loaded.kind == "zero" and loaded.card["kind"] == "syncnet" and loaded.card["audio_hidden_size"] == DIM
+    trained = resumed.lightning_module.syncnet.cpu().state_dict()
+    assert all(torch.equal(v, trained[k]) for k, v in loaded.syncnet.state_dict().items())
+    with pytest.raises(UserError, match="pass it with --syncnet"):
+        load_syncnet(final, expect_variant="xl")
+
+
+def test_generator_sync_switch_resume_frozen_expert_and_merge(workdir, syncnet_run, tiny_models, monkeypatch):
+    expert_ckpt = str(syncnet_run[1] / "checkpoints" / "last.ckpt")
+    experts = []
+
+    def watched_load_syncnet(path, expect_variant=None):
+        """The real loader, plus a record of the expert's state and of its mode at every forward."""
+        loaded = load_syncnet(path, expect_variant)
+        modes = []
+        loaded.syncnet.register_forward_pre_hook(
+            lambda net, _: modes.append(any(m.training for m in net.modules())))
+        experts.append((loaded.syncnet, copy.deepcopy(loaded.syncnet.state_dict()), modes))
+        return loaded
+
+    monkeypatch.setattr(unet_wav2lip_lightning, "load_syncnet", watched_load_syncnet)
+    monkeypatch.chdir(workdir)
+    common = ["--syncnet", expert_ckpt, "--unet_ckpt", tiny_models["unet"]]
+    trainer = unet_wav2lip_lightning.main(argv(workdir, 3, *common, "--sync_start_step", "2"))
+    assert bool(trainer.lightning_module.sync_on) and trainer.callback_metrics["train/sync_weight"] == 0.1
+    run = run_folder(workdir, "latent_wav2lip_experiment", 0)
+    assert (run / "samples" / "step_0000003.png").is_file()  # decoded by the dataset's codec
+    assert len(list((run / "checkpoints").glob("wav2lip-3-*.ckpt"))) == 1  # top-k by val/recon_loss
+
+    # resume with a rule that would never switch: the switch must come from the checkpoint's buffer
+    last = run / "checkpoints" / "last.ckpt"
+    resumed = unet_wav2lip_lightning.main(argv(workdir, 5, *common, "--sync_start_val_sync", "0", "--ckpt", str(last)))
+    module = resumed.lightning_module
+    assert resumed.global_step == 5 and bool(module.sync_on)
+
+    # the expert: in eval mode at every forward, BatchNorm running stats untouched, not part of the module
+    for expert, before, modes in experts:
+        assert modes and not any(modes)
+        assert all(torch.equal(v, expert.state_dict()[k]) for k, v in before.items())
+    assert not any(name.startswith(("expert", "codec")) for name in module.state_dict())
+
+    # DeepSpeed's own merge script, run inside the checkpoint folder, then the one loader
+    final = run_folder(workdir, "latent_wav2lip_experiment", 1) / "checkpoints" / "last.ckpt"
+    subprocess.run([sys.executable, "zero_to_fp32.py", ".", "merged"], cwd=final, check=True, capture_output=True)
+    merged = read_checkpoint(final / "merged")
+    assert merged.card["kind"] == "generator" and merged.card["T"] == 5  # the model_card buffer survived
+    assert {k.split(".")[0] for k in merged.state_dict} == {"unet", "sync_on"}
+    x = torch.randn(2, C, SIZE, SIZE), torch.randn(2, C, SIZE, SIZE), torch.randn(2, 10, DIM)
+    with torch.no_grad():
+        expected = generate(module.unet.cpu().eval(), *x)
+        for path in (final / "merged", final):
+            loaded = load_generator(path)
+            assert torch.allclose(generate(loaded.unet.eval(), *x), expected, atol=1e-5)
+
+
+def test_unet_audio_mismatch_is_one_line_before_training(workdir, tmp_path, monkeypatch, capsys):
+    unet = model_zoo.save_unet(tmp_path / "unet16", model_zoo.tiny_unet_config(cross_attention_dim=16),
+                               with_weights=False)
+    monkeypatch.chdir(workdir)
+    args = argv(workdir, 1, "--syncnet", "unused.ckpt", "--unet_ckpt", str(unet), "--output_dir", str(tmp_path))
+    with pytest.raises(SystemExit) as exit_info:
+        unet_wav2lip_lightning.main(args)
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 1 and "\n" not in err and "cross_attention_dim 16" in err
+    assert not (tmp_path / "latent_wav2lip_experiment").exists()

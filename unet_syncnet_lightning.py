@@ -1,0 +1,51 @@
+"""Train the latent SyncNet expert (stage 1; the generator's sync loss uses it frozen).
+
+    python unet_syncnet_lightning.py --data_root data/latents --dataset_name lrs2 [--xl] [--face_region lower]
+
+Runs go to experiments/latent_syncnet_experiment/version_K/ (options.json, checkpoints/ ranked by val/loss,
+TensorBoard logs); resume with --ckpt .../checkpoints/last.ckpt. Trainer options: lipsync/training.py.
+"""
+from __future__ import annotations
+
+import argparse
+
+from lipsync import training
+from lipsync.errors import UserError, cli_entry
+from lipsync.timing import syncnet_window_length
+from models.syncnet import SyncNetConfig
+from models.syncnet_module import SyncNetModule
+
+EXPERIMENT = "latent_syncnet_experiment"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    training.add_data_args(p)
+    p.add_argument("--xl", action="store_true", help="the wider 'xl' variant (default: 'u')")
+    p.add_argument("--face_region", choices=["lower", "full"], default="lower",
+                   help="latent rows the expert sees: the lower half (mouth) or the whole face")
+    training.add_trainer_args(p)
+    # DDP with bf16 autocast: ZeRO buys nothing for ~15M parameters, and DeepSpeed's bf16 parameters break
+    # BatchNorm (its running statistics stay fp32); --strategy deepspeed_stage_2 runs with --precision 32-true
+    p.set_defaults(batch_size=64, strategy="ddp")
+    return p.parse_args(argv)
+
+
+@cli_entry
+def main(argv=None):
+    args = parse_args(argv)
+    data = training.start_run(args, task="syncnet")
+    if args.strategy == "deepspeed_stage_2" and args.precision != "32-true":
+        raise UserError(f"SyncNet's BatchNorm cannot train under DeepSpeed's {args.precision} parameters: "
+                        f"use --strategy ddp (the default) or --precision 32-true")
+    config = SyncNetConfig(variant="xl" if args.xl else "u", T=args.T, latent_channels=data.latent_channels,
+                           audio_dim=data.audio_dim, audio_frames=syncnet_window_length(args.T),
+                           face_region=args.face_region)
+    card = {"kind": "syncnet", "syncnet": config.to_dict(), **training.data_card(data)}
+    module = SyncNetModule(config, card, training.OptimConfig.from_args(args))
+    return training.fit(args, module, data, EXPERIMENT, monitor="val/loss",
+                        filename=f"syncnet-{config.variant}-{{step}}-{{val/loss:.3f}}")
+
+
+if __name__ == "__main__":
+    main()
