@@ -1,0 +1,90 @@
+"""End-to-end inference speed on the GPU: a real clip driven by a real speech track, per-stage breakdown.
+
+    python bench/bench_inference.py --clip CLIP.mp4 --audio SPEECH.wav --work /tmp/bench_inf [--sizes 768 256]
+
+Real-size architectures with random weights: the SD VAE (sd-vae-ft-mse's config), Wav2Vec2-base (default
+config), customized_unet/ (80M). A generator checkpoint with its model card is written for each crop size, the
+models are loaded once (as a long-running service or the training validation would), one warm-up run lets
+cuDNN autotune, then the timed run goes through lipsync.inference.lip_sync exactly as unet_inference.py does.
+Prints frames/s end to end (model loading excluded, audio encoding and both video passes included) and the
+per-stage table last.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lipsync import model_zoo  # noqa: E402
+from lipsync.checkpoint import encode_model_card  # noqa: E402
+from lipsync.inference import STAGES, lip_sync, load_models  # noqa: E402
+from models.unet import build_unet  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_models(work: Path, image_size: int) -> Path:
+    vae = work / "sd_vae"
+    if not vae.is_dir():
+        model_zoo.save_vae(vae, model_zoo.vae_config())
+    w2v = work / "wav2vec2_base"
+    if not w2v.is_dir():
+        model_zoo.save_wav2vec2(w2v, model_zoo.wav2vec2_config())
+    config = json.loads((ROOT / "customized_unet" / "config.json").read_text())
+    config["sample_size"] = image_size // 8
+    unet = build_unet(config)
+    card = {"kind": "generator", "unet_config": config, "audio_encoder": str(w2v), "audio_hidden_size": 768,
+            "codec": str(vae), "image_size": image_size, "latent_size": image_size // 8, "latent_channels": 4,
+            "T": 5, "fps": 25}
+    state = {f"unet.{k}": v for k, v in unet.state_dict().items()}
+    state["model_card"] = encode_model_card(card)
+    path = work / f"generator_{image_size}.ckpt"
+    torch.save({"state_dict": state}, path)
+    return path
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--clip", required=True)
+    p.add_argument("--audio", required=True)
+    p.add_argument("--work", required=True)
+    p.add_argument("--sizes", nargs="*", type=int, default=[768, 256])
+    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--modes", nargs="*", default=["eager", "compile"], choices=["eager", "compile"])
+    args = p.parse_args(argv)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"device: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}", flush=True)
+    results = {}
+    for size in args.sizes:
+        checkpoint = write_models(work, size)
+        for mode in args.modes:
+            start = time.perf_counter()
+            models = load_models(checkpoint, compile=mode == "compile")
+            options = dict(batch_size=args.batch_size, progress=False)
+            lip_sync(models, args.clip, args.audio, work / f"warmup_{size}.mp4", **options)  # + compile time
+            warm_s = time.perf_counter() - start
+            summary = lip_sync(models, args.clip, args.audio, work / f"out_{size}.mp4", **options)
+            summary["load_and_warmup_s"] = warm_s
+            results[(size, mode)] = summary
+            print(json.dumps(summary), flush=True)
+            del models
+            torch.cuda.empty_cache()
+    print("\ncrop px  mode     frames  seconds  end-to-end frames/s  (load + warm-up s)")
+    for (size, mode), s in results.items():
+        print(f"{size:>7}  {mode:<8} {s['frames']:>6} {s['seconds']:>8.2f} {s['frames'] / s['seconds']:>20.1f}"
+              f"  ({s['load_and_warmup_s']:.1f})")
+    print("\nstage frames/s (each stage's own busy time; the three pipeline threads overlap)")
+    print("crop px  mode    " + " ".join(f"{name:>12}" for name in STAGES))
+    for (size, mode), s in results.items():
+        print(f"{size:>7}  {mode:<8}" + " ".join(f"{(s['stages'].get(name, {}).get('fps') or float('nan')):>12.1f}"
+                                                 for name in STAGES))
+
+
+if __name__ == "__main__":
+    main()
