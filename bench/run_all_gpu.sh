@@ -3,7 +3,7 @@
 #   bash bench/run_all_gpu.sh OUTDIR      (wheels in .whl/, clips in .clips/: see shared/gpu/README.md)
 set -u
 out=${1:-/tmp/bench_out}; mkdir -p "$out"
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1  # the GPU machine has no network: never wait on the hub
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   && export PYTHONPATH=/tmp/site:${PYTHONPATH:-} || exit 1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"

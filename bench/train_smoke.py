@@ -28,12 +28,16 @@ sys.path.insert(0, str(ROOT))
 from lipsync import data, model_zoo, timing  # noqa: E402
 
 
-def run(cmd, cwd=ROOT, timeout=300):
+LOGS = None  # folder for each run's full output (--logs)
+
+
+def run(cmd, cwd=ROOT, timeout=300, name="run"):
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     seconds = time.perf_counter() - start
-    tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
-    print(f"$ {' '.join(map(str, cmd))}\n  rc={proc.returncode} {seconds:.1f}s :: {' | '.join(tail)[-600:]}", flush=True)
+    if LOGS:
+        (Path(LOGS) / f"{name}.log").write_text(proc.stdout + proc.stderr)
+    print(f"$ {' '.join(map(str, cmd))}\n  rc={proc.returncode} {seconds:.1f}s", flush=True)
     return proc.returncode, seconds
 
 
@@ -43,7 +47,10 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--latent", type=int, default=96)
     p.add_argument("--only", nargs="*", default=None)
+    p.add_argument("--logs", default=None, help="write each run's full output here")
     args = p.parse_args(argv)
+    global LOGS
+    LOGS = args.logs
     work = Path(args.work)
     root = work / "latents"
     rng = np.random.default_rng(0)
@@ -57,7 +64,7 @@ def main(argv=None):
               "--max_steps", str(args.steps), "--val_samples", "4", "--train_samples_per_epoch", "64",
               "--num_workers", "2", "--log_every_n_steps", "1", "--save_top_k", "0"]
     rows = []
-    rc, sec = run([sys.executable, str(ROOT / "unet_syncnet_lightning.py"), *common, "--batch_size", "8"], cwd=work)
+    rc, sec = run([sys.executable, str(ROOT / "unet_syncnet_lightning.py"), *common, "--batch_size", "8"], cwd=work, name="syncnet")
     rows.append(("syncnet u", rc, sec))
     syncnet = sorted(glob.glob(str(work / "experiments/latent_syncnet_experiment/version_*/checkpoints/last.ckpt")))
     # an SD-1.5-shaped pipeline folder (unet/ with 4 input channels), as unet_loader.py --extract reads a real one
@@ -65,7 +72,7 @@ def main(argv=None):
         sd = dict(model_zoo.sd15_unet_config(), in_channels=4)
         model_zoo.save_unet(work / "sd15_pipe" / "unet", sd)
         rc, sec = run([sys.executable, str(ROOT / "unet_loader.py"), "--extract", "--pipe", str(work / "sd15_pipe"),
-                       "--ckpt", str(work / "stable-diffusion-v1-5")])
+                       "--ckpt", str(work / "stable-diffusion-v1-5")], name="extract")
         rows.append(("unet_loader --extract (859M)", rc, sec))
     folders = {"customized_unet_small": ROOT / "customized_unet_small", "customized_unet": ROOT / "customized_unet",
                "customized_unet_large": ROOT / "customized_unet_large",
@@ -78,11 +85,11 @@ def main(argv=None):
             continue
         rc, sec = run([sys.executable, str(ROOT / "unet_wav2lip_lightning.py"), *common, "--syncnet", syncnet[-1],
                        "--unet_ckpt", str(folder), "--batch_size", "2", "--accumulate_grad_batches", "1",
-                       "--sync_start_step", "2", "--val_check_interval", str(args.steps)], cwd=work)
+                       "--sync_start_step", "2", "--val_check_interval", str(args.steps)], cwd=work, name=name)
         rows.append((f"generator {name}", rc, sec))
     zero = sorted(glob.glob(str(work / "experiments/latent_wav2lip_experiment/version_*/checkpoints/last.ckpt")))
     if zero:
-        rc, sec = run([sys.executable, "zero_to_fp32.py", ".", "merged"], cwd=zero[0])
+        rc, sec = run([sys.executable, "zero_to_fp32.py", ".", "merged"], cwd=zero[0], name="merge")
         rows.append(("zero_to_fp32.py . merged", rc, sec))
         from lipsync.checkpoint import load_generator
         loaded = load_generator(Path(zero[0]) / "merged")
