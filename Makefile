@@ -16,7 +16,7 @@ $(VENV)/.installed: requirements.txt requirements-cpu.txt
 
 .PHONY: demo test
 demo: $(VENV)/.installed
-	$(PY) demo.py --output_root demo_output
+	$(PY) demo.py --output_root demo_output --profile ci
 
 test: $(VENV)/.installed
 	$(PY) -m pytest
