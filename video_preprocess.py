@@ -48,6 +48,8 @@ def parse_args(argv=None):
     p.add_argument("--shard", type=shard_spec, default=(0, 1), metavar="i/n",
                    help="process every n-th video starting at i, to split the list over machines")
     p.add_argument("--fps", type=float, default=timing.VIDEO_FPS, help="frame rate the videos are resampled to")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the codec (CUDA): ~1.6x faster encoding after ~40 s of compilation per worker")
     return p.parse_args(argv)
 
 
@@ -58,7 +60,8 @@ def main(argv=None):
         raise UserError("--batch_size and --num_workers must be at least 1")
     settings = VideoSettings(image_size=args.image_size, codec=args.codec, pads=tuple(args.pads),
                              box=tuple(args.box) if args.box else None, smooth=not args.nosmooth,
-                             detect_size=args.detect_size, batch_size=args.batch_size, fps=args.fps)
+                             detect_size=args.detect_size, batch_size=args.batch_size, fps=args.fps,
+                             compile=args.compile)
     devices = resolve_devices(args.devices)
     num_workers = args.num_workers or (len(devices) if devices[0] != "cpu" else 1)
     outcomes = preprocess_videos(args.data_root, args.output_root, settings, devices, num_workers, args.shard)

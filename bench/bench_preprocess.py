@@ -32,6 +32,7 @@ def main(argv=None):
     p.add_argument("--workers", nargs="*", type=int, default=[1, 2, 3])
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--device", default="cuda:0", help="cpu only for a smoke run of this script")
+    p.add_argument("--compile", action="store_true", help="torch.compile the codec (video_preprocess.py --compile)")
     args = p.parse_args(argv)
     work = Path(args.work)
     raw = work / "raw"
@@ -47,11 +48,15 @@ def main(argv=None):
         for workers in args.workers:
             out = work / f"out_{size}_{workers}"
             shutil.rmtree(out, ignore_errors=True)
-            settings = VideoSettings(image_size=size, codec=str(vae), batch_size=args.batch_size)
+            settings = VideoSettings(image_size=size, codec=str(vae), batch_size=args.batch_size,
+                                     compile=args.compile)
             start = time.perf_counter()
             outcomes = preprocess_videos(raw, out, settings, [args.device], workers)
             seconds = time.perf_counter() - start
             done = [o for o in outcomes if o.status == "done"]
+            for o in outcomes:
+                if o.status == "failed":
+                    print(f"FAILED {o.name}: {o.message}", flush=True)
             frames = sum(o.frames for o in done)
             detect_share = sum(o.detect_s for o in done) / max(sum(o.total_s for o in done), 1e-9)
             rows.append((size, workers, len(done), frames, seconds, frames / seconds, detect_share))

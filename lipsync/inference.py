@@ -36,7 +36,8 @@ from lipsync.audio_encoder import DEFAULT_AUDIO_ENCODER, AudioEncoder
 from lipsync.checkpoint import load_generator
 from lipsync.errors import UserError
 from lipsync.faces import FaceDetector, color_match, crop_faces, face_boxes, lower_face_mask, paste_faces
-from lipsync.latent_codec import DEFAULT_CODEC, LatentCodec, mask_lower_half, model_to_uint8, uint8_to_model
+from lipsync.latent_codec import (DEFAULT_CODEC, LatentCodec, mask_lower_half, model_to_uint8, padded_call,
+                                  uint8_to_model)
 from lipsync.video_io import (
     VideoWriter, is_image_path, iter_frames, iter_frames_by_index, pingpong_indices, probe_video, read_image,
 )
@@ -81,6 +82,7 @@ class LipSyncModels:
     audio_encoder: AudioEncoder
     image_size: int
     device: torch.device
+    compiled: bool = False  # torch.compile'd UNet and codec: calls are padded to one batch shape
 
     @property
     def dtype(self) -> torch.dtype:
@@ -134,9 +136,10 @@ def load_models(checkpoint_path, unet_config=None, audio_encoder: str | None = N
     if compile and device.type == "cuda":  # fuses the GroupNorm / SiLU / residual chains that dominate the VAE
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)  # batch sizes vary
         unet = torch.compile(unet)
-        latent_codec.vae.encoder = torch.compile(latent_codec.vae.encoder)
-        latent_codec.vae.decoder = torch.compile(latent_codec.vae.decoder)
-    return LipSyncModels(unet, latent_codec, speech_encoder, int(size), device)
+        latent_codec.compile()
+    return LipSyncModels(unet, latent_codec, speech_encoder, int(size), device,
+                         compiled=compile and device.type == "cuda")
+
 
 
 class StageTimer:
@@ -247,7 +250,7 @@ def _check_options(opts: LipSyncOptions) -> None:
 
 
 def _reference_latent(models: LipSyncModels, source: FaceSource, boxes: np.ndarray, found: np.ndarray,
-                      k: int) -> torch.Tensor:
+                      k: int, batch_size: int) -> torch.Tensor:
     """--ref_frame K: the scaled latent [1, C, h, w] of source frame K's face, encoded once."""
     if k >= len(boxes):
         raise UserError(f"--ref_frame {k}: the face input has only {len(boxes)} frames")
@@ -255,7 +258,8 @@ def _reference_latent(models: LipSyncModels, source: FaceSource, boxes: np.ndarr
         raise UserError(f"--ref_frame {k}: no face found in that frame")
     frame = next(source.frames_at(np.array([k])))
     crop = crop_faces([frame], boxes[k:k + 1], models.image_size)  # [1, S, S, 3]
-    return models.codec.encode(uint8_to_model(crop, models.device, models.dtype))
+    return padded_call(models.codec.encode, batch_size if models.compiled else None,
+                   uint8_to_model(crop, models.device, models.dtype))
 
 
 @dataclass
@@ -325,23 +329,26 @@ def _prepare_batches(source: FaceSource, sources: np.ndarray, boxes: np.ndarray,
 
 
 def _generate_faces(models: LipSyncModels, batch: Batch, audio: torch.Tensor, reference: torch.Tensor | None,
-                    timer: StageTimer) -> None:
+                    timer: StageTimer, batch_size: int) -> None:
     """GPU side, main thread: crops -> masked + reference latents -> UNet on the rows' audio windows
     [F, 10, D] -> decoded faces [F, S, S, 3] uint8 (stored on the batch)."""
     num = len(batch.rows)
     repeat = torch.from_numpy(batch.inverse).to(models.device)  # [F] row of each frame among the unique crops
     with timer.stage("vae_encode", num):
         x = uint8_to_model(batch.crops, models.device, models.dtype)  # [U, 3, S, S] in [-1, 1]
+        rows = batch_size if models.compiled else None
         if reference is None:  # each frame's own face: one codec call for masked + reference
-            masked, own = models.codec.encode(torch.cat([mask_lower_half(x), x])).chunk(2)  # [U, C, h, w] each
+            both = padded_call(models.codec.encode, rows and 2 * rows, torch.cat([mask_lower_half(x), x]))
+            masked, own = both.chunk(2)  # [U, C, h, w] each
             masked, references = masked[repeat], own[repeat]  # [F, C, h, w]
         else:
-            masked = models.codec.encode(mask_lower_half(x))[repeat]  # [F, C, h, w]
+            masked = padded_call(models.codec.encode, rows, mask_lower_half(x))[repeat]  # [F, C, h, w]
             references = reference.expand(num, -1, -1, -1)
     with timer.stage("unet", num):
-        latents = generate(models.unet, masked, references, audio.to(models.device))  # [F, C, h, w]
+        latents = padded_call(lambda *t: generate(models.unet, *t), rows, masked, references,
+                          audio.to(models.device))  # [F, C, h, w]
     with timer.stage("vae_decode", num):
-        batch.faces = model_to_uint8(models.codec.decode(latents))  # [F, S, S, 3] uint8 RGB
+        batch.faces = model_to_uint8(padded_call(models.codec.decode, rows, latents))  # [F, S, S, 3] uint8 RGB
 
 
 def _blend_and_write(batches: Iterable[Batch], writer: VideoWriter, boxes: np.ndarray, found: np.ndarray,
@@ -410,7 +417,8 @@ def lip_sync(checkpoint, face, audio, outfile=DEFAULT_OUTFILE, **options) -> dic
     timer.frames["detect"] = len(boxes)
     if not found.any():
         raise UserError(f"no face found in any frame of {face}")
-    reference = None if opts.ref_frame is None else _reference_latent(models, source, boxes, found, opts.ref_frame)
+    reference = None if opts.ref_frame is None else _reference_latent(models, source, boxes, found, opts.ref_frame,
+                                                                            opts.batch_size)
 
     # pass 2: three threads overlap CPU and GPU work: decode + crop -> codec + UNet (GPU) -> paste + encode
     sources = pingpong_indices(len(boxes), num_out)  # [n_out] source frame shown by each output frame
@@ -424,7 +432,7 @@ def lip_sync(checkpoint, face, audio, outfile=DEFAULT_OUTFILE, **options) -> dic
             if batch.rows.size:
                 windows = timing.generator_audio_windows(features, batch.start + batch.rows, fps=source.fps)
                 with torch.inference_mode():  # grad mode is per thread
-                    _generate_faces(models, batch, windows, reference, timer)  # windows [F, 10, D]
+                    _generate_faces(models, batch, windows, reference, timer, opts.batch_size)  # windows [F, 10, D]
             yield batch
 
     with VideoWriter(outfile, source.fps, source.width, source.height, crf=opts.crf, audio=track,

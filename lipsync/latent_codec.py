@@ -33,6 +33,18 @@ def model_to_uint8(images: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
+def padded_call(fn, rows: int | None, *tensors: torch.Tensor) -> torch.Tensor:
+    """fn(*tensors) with the batch (dim 0) zero-padded to `rows`, the padding cut from the result. A compiled
+    module then sees one shape: no recompilation for a short last batch, no slower dynamic-shape kernels.
+    Only for modules whose rows are independent (GroupNorm, attention within a sample: the VAE, the UNet)."""
+    n = len(tensors[0])
+    if rows is None or n == rows:
+        return fn(*tensors)
+    if n > rows:
+        return torch.cat([padded_call(fn, rows, *(t[i:i + rows] for t in tensors)) for i in range(0, n, rows)])
+    return fn(*(torch.cat([t, t.new_zeros((rows - n, *t.shape[1:]))]) for t in tensors))[:n]
+
+
 class LatentCodec(torch.nn.Module):
     def __init__(self, vae: AutoencoderKL, model_id: str = ""):
         super().__init__()
@@ -55,6 +67,13 @@ class LatentCodec(torch.nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return next(self.vae.parameters()).dtype
+
+    def compile(self) -> None:
+        """torch.compile encoder and decoder (CUDA): fuses the GroupNorm / SiLU / residual chains that dominate
+        the SD VAE (H100, bf16, 768 px: encode 66 -> 103 img/s, decode 24 -> 41; ~40 s of compilation per
+        shape, so callers pad their batches to one shape with padded_call)."""
+        self.vae.encoder = torch.compile(self.vae.encoder)
+        self.vae.decoder = torch.compile(self.vae.decoder)
 
     def latent_size(self, image_size: int) -> int:
         if image_size % self.downsample_factor:

@@ -40,7 +40,7 @@ from lipsync.audio_encoder import DEFAULT_AUDIO_ENCODER, AudioEncoder
 from lipsync.data import AUDIO_FILE, FEATURES_FILE, LATENTS_FILE, META_FILE  # the dataset format's owner
 from lipsync.errors import UserError
 from lipsync.faces import FaceDetector, crop_faces, face_boxes
-from lipsync.latent_codec import DEFAULT_CODEC, LatentCodec, mask_lower_half, uint8_to_model
+from lipsync.latent_codec import DEFAULT_CODEC, LatentCodec, mask_lower_half, padded_call, uint8_to_model
 from lipsync.video_io import iter_frames, probe_video
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".mkv", ".avi", ".mpg", ".mpeg", ".webm"})
@@ -133,6 +133,7 @@ class VideoSettings:
     detect_size: int = 480
     batch_size: int = 16
     fps: float = timing.VIDEO_FPS
+    compile: bool = False  # torch.compile the codec (CUDA only; execution, not recipe: never in meta.json)
 
 
 @dataclass(frozen=True)
@@ -188,6 +189,10 @@ class VideoPreprocessor:
         # bf16 on GPU: the VAE encoder's activations overflow fp16 for some VAEs; latents are stored fp16 anyway
         dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         self.codec = LatentCodec.from_pretrained(settings.codec, self.device, dtype)
+        self.compiled = settings.compile and self.device.type == "cuda"
+        if self.compiled:
+            torch.backends.cudnn.benchmark = True
+            self.codec.compile()
         self.latent_size = self.codec.latent_size(settings.image_size)
         self.detector = None if settings.box else FaceDetector(
             settings.detect_size, providers=_detector_providers(self.device))
@@ -253,7 +258,9 @@ class VideoPreprocessor:
             indices = [k for k, _ in batch]
             crops = crop_faces(np.stack([frame for _, frame in batch]), boxes[indices], s.image_size)
             images = uint8_to_model(crops, self.device, self.codec.dtype)  # [B, 3, S, S] in [-1, 1]
-            latents = self.codec.encode(torch.cat([images, mask_lower_half(images)])).to("cpu", torch.float16)
+            rows = 2 * s.batch_size if self.compiled else None  # compiled: every call one shape
+            latents = padded_call(self.codec.encode, rows, torch.cat([images, mask_lower_half(images)]))
+            latents = latents.to("cpu", torch.float16)
             full[filled:filled + len(batch)], masked[filled:filled + len(batch)] = latents.chunk(2)
             filled += len(batch)
         if filled != len(frame_index):  # the two decode passes must see the same frames

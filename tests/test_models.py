@@ -9,7 +9,7 @@ from diffusers import UNet2DConditionModel
 
 from lipsync.audio_encoder import AudioEncoder
 from lipsync.errors import UserError
-from lipsync.latent_codec import LatentCodec, mask_lower_half
+from lipsync.latent_codec import LatentCodec, mask_lower_half, padded_call
 from lipsync.timing import num_feature_frames
 from models.syncnet import SyncNet, SyncNetConfig, sync_loss
 from models.unet import build_unet, check_unet_config, count_parameters, generate
@@ -82,6 +82,18 @@ def test_codec_uses_the_posterior_mean_and_its_own_scaling(tiny_models):
     assert masked[:, :, 32:].abs().max() == 0 and torch.equal(masked[:, :, :32], images[:, :, :32])
     with pytest.raises(UserError):
         codec.latent_size(66)
+
+
+@pytest.mark.parametrize("rows", [5, 8, 2])  # padded, exact, split into chunks of 2
+def test_padding_to_one_shape_leaves_each_row_unchanged(tiny_models, rows):
+    """What compiled encode / decode / UNet calls go through: rows are independent, so zero padding (or
+    splitting) changes no output row."""
+    codec = LatentCodec.from_pretrained(tiny_models["vae"])
+    images = torch.rand(5, 3, 32, 32) * 2 - 1
+    latents = padded_call(codec.encode, rows, images)
+    assert latents.shape == (5, 4, 8, 8)
+    torch.testing.assert_close(latents, codec.encode(images), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(padded_call(codec.decode, rows, latents), codec.decode(latents), atol=1e-5, rtol=1e-4)
 
 
 def test_audio_encoder_chunking_equals_one_pass_on_30_seconds(tiny_models):
