@@ -16,7 +16,7 @@ $(VENV)/.installed: requirements.txt requirements-cpu.txt
 
 .PHONY: demo test
 demo: $(VENV)/.installed
-	$(PY) demo.py --output_root demo_output --profile ci
+	$(PY) demo.py --output_root demo_output --profile full
 
 test: $(VENV)/.installed
 	$(PY) -m pytest

@@ -8,7 +8,7 @@ scripts and functions, called exactly as the README's commands call them):
                data/driving/driveNN.wav (+ .npy true opening), synthesised from another seed stream
  2. codec      models/vae: a tiny AutoencoderKL fitted on faces of OTHER random people (demo-only stand-in for
                the SD VAE); models/wav2vec2: a tiny random Wav2Vec2, frozen, used exactly as a pretrained one
- 3. preprocess video_preprocess.py (RetinaFace boxes, 64 px crops -> 16x16 latents), audio_preprocess.py, and
+ 3. preprocess video_preprocess.py (RetinaFace boxes, 32 px crops -> 8x8 latents), audio_preprocess.py, and
                filelists_synthetic/ (whole identities split train / val / test)
  4. syncnet    unet_syncnet_lightning.py (DeepSpeed ZeRO-2 on the CPU) -> experiments/latent_syncnet_experiment
  5. generator  unet_wav2lip_lightning.py with a small UNet config -> experiments/latent_wav2lip_experiment
@@ -19,7 +19,8 @@ scripts and functions, called exactly as the README's commands call them):
                              speech's true opening (mean over test videos)
                baseline_corr the same for the input video unchanged (its mouth follows other speech)
                syncnet_acc   the expert's accuracy on fixed in-sync / off-sync test windows
-               audio_gain    lower-half latent L1 of the generator with shuffled audio / with the true audio
+               audio_gain    mouth-region latent L1 of the generator with shuffled audio / with the true audio
+               sync_lag      the frame shift that best aligns the output's mouth with the driving speech (0)
                and results/demo.mp4 (input | output, driving audio), results/mouth_opening.png, metrics.json.
 """
 from __future__ import annotations
@@ -68,18 +69,29 @@ class Profile:
 
 
 PROFILES = {
-    "full": Profile(identities=24, val_identities=2, test_identities=4, clip_seconds=10.0, frame_size=128,
-                    image_size=64, vae_steps=500, vae_pool=2048, syncnet_steps=400, syncnet_batch=32,
-                    syncnet_lr=5e-4, generator_steps=500, generator_batch=4, generator_lr=1e-3, eval_windows=512),
-    "ci": Profile(identities=12, val_identities=1, test_identities=2, clip_seconds=8.0, frame_size=128,
-                  image_size=64, vae_steps=250, vae_pool=1024, syncnet_steps=200, syncnet_batch=32,
-                  syncnet_lr=5e-4, generator_steps=250, generator_batch=4, generator_lr=1e-3, eval_windows=256),
+    # Many short clips rather than a few long ones: the expert and the generator must generalise to faces they
+    # never saw, and what varies between people (skin, lips, face size) is learned from the number of people.
+    "full": Profile(identities=160, val_identities=2, test_identities=4, clip_seconds=4.0, frame_size=128,
+                    image_size=32, vae_steps=600, vae_pool=2048, syncnet_steps=1500, syncnet_batch=64,
+                    syncnet_lr=1e-3, generator_steps=1400, generator_batch=8, generator_lr=2e-3, eval_windows=512),
+    "ci": Profile(identities=80, val_identities=1, test_identities=2, clip_seconds=4.0, frame_size=128,
+                  image_size=32, vae_steps=300, vae_pool=1024, syncnet_steps=400, syncnet_batch=64,
+                  syncnet_lr=1e-3, generator_steps=400, generator_batch=8, generator_lr=2e-3, eval_windows=256),
 }
 
 # The tiny random speech encoder: more conv channels and a wider hidden state than model_zoo's "tiny" (16 / 32):
 # random frozen features of that size predict the synthetic mouth opening better (linear fit r ~0.92 vs ~0.85).
 WAV2VEC2_HIDDEN, WAV2VEC2_CONV = 64, 64
 UNET_CHANNELS, UNET_HEADS = (64, 128), 4
+# Wav2Lip's expert weight (0.03) rather than the script's default 0.1: at the demo's high learning rate, 0.1 made
+# the generator diverge once the sync loss switched on in one of three runs (val sync loss 0.73 -> 2.8).
+SYNC_WEIGHT = 0.03
+# Crop recipe (detector box + pads, top bottom left right, in pixels of the 128 px frames): tighter than the
+# default (0, 10, 0, 0) and centred lower, so the crop is nose-to-chin and the mouth fills ~3x more of it:
+# the mouth is the only part of the lower half that the audio explains, so its share of the lower-half latents
+# sets how strong the lip-sync signal is for both the expert and the generator's L1. Preprocessing, the codec's
+# training crops and inference all use it.
+PADS = (-15, -4, -3, -3)
 
 
 def wav2vec2_config():
@@ -125,29 +137,19 @@ def make_driving_speech(folder: Path, count: int, seconds: float, seed: int) -> 
 
 # ------------------------------------------------------------------------------------------------ codec
 
-def _codec_crop_box(identity, t: float, frame_size: int, rng: np.random.Generator) -> np.ndarray:
-    """A square crop box [4] around the head like the detector's crops (side ~1.15 x head height, centred a
-    little below the head centre: the detector's box includes the chin, and --pads adds 10 px below), jittered
-    so the codec does not depend on the exact framing."""
-    x1, y1, x2, y2 = synthetic.face_box(identity, t, frame_size)
-    h = y2 - y1
-    cx = (x1 + x2) / 2 + rng.uniform(-0.04, 0.04) * h
-    cy = (y1 + y2) / 2 + rng.uniform(0.04, 0.16) * h
-    half = h * rng.uniform(1.05, 1.25) / 2
-    return np.array([cx - half, cy - half, cx + half, cy + half], np.float32)
+def render_codec_faces(count: int, frame_size: int, image_size: int, seed: int, pads) -> np.ndarray:
+    """Face crops uint8 [count, S, S, 3] of `count` random people (none of the dataset's) at random times and
+    mouth openings (30 % closed, as in speech pauses), cropped by the preprocessing recipe (RetinaFace boxes,
+    `pads`, squared), so the codec is fitted on the crops it will encode."""
+    from lipsync.faces import FaceDetector, face_boxes
 
-
-def render_codec_faces(count: int, frame_size: int, image_size: int, seed: int) -> np.ndarray:
-    """Face crops uint8 [count, S, S, 3] of `count` random people (none of the dataset's) at random mouth
-    openings (30 % closed, as in speech pauses)."""
     rng = np.random.default_rng([seed, VAE_STREAM])
-    crops = np.empty((count, image_size, image_size, 3), np.uint8)
+    frames = np.empty((count, frame_size, frame_size, 3), np.uint8)
     for i in range(count):
-        identity, t = synthetic.random_identity(rng), rng.uniform(0, 10)
         opening = rng.uniform(0, 1) if rng.random() < 0.7 else 0.0
-        frame = synthetic.render_frame(identity, opening, t, frame_size)
-        crops[i] = crop_faces(frame[None], _codec_crop_box(identity, t, frame_size, rng)[None], image_size)[0]
-    return crops
+        frames[i] = synthetic.render_frame(synthetic.random_identity(rng), opening, rng.uniform(0, 10), frame_size)
+    boxes, found = face_boxes(frames, FaceDetector(), batch_size=64, pads=pads, smooth=False)
+    return crop_faces(frames[found], boxes[found], image_size)
 
 
 def fit_codec(folder: Path, crops: np.ndarray, steps: int, seed: int, batch_size: int = 16, lr: float = 5e-3,
@@ -206,6 +208,17 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum() / denominator) if denominator > 0 else 0.0
 
 
+def best_lag(measured: list[np.ndarray], true: list[np.ndarray], max_lag: int = 3) -> int:
+    """The shift (frames) that best lines the measured openings up with the true ones: argmax over lag of the
+    mean over clips of Pearson r(measured[t], true[t + lag]). 0 when output frame t shows the audio of frame t;
+    an audio window one frame off between training and inference (the reference's bug) gives +-1."""
+    def r(m, t, lag):
+        m, t = (m[:len(m) - lag], t[lag:]) if lag >= 0 else (m[-lag:], t[:len(t) + lag])
+        return pearson(m, t)
+    lags = range(-max_lag, max_lag + 1)
+    return max(lags, key=lambda lag: np.mean([r(m, t, lag) for m, t in zip(measured, true)]))
+
+
 def measure_video(path, boxes: np.ndarray) -> np.ndarray:
     """Mouth opening measured in every frame of a video [N] (boxes [>= N, 4] of the face in each frame)."""
     frames = np.stack(list(iter_frames(path, target_fps=timing.VIDEO_FPS)))
@@ -229,9 +242,12 @@ def syncnet_accuracy(checkpoint, folders, windows: int, seed: int, batch_size: i
 
 @torch.no_grad()
 def audio_gain(checkpoint, folders, windows: int, seed: int, batch_size: int = 32) -> float:
-    """Lower-half latent L1 of the generator with shuffled audio / with the true audio, on fixed test windows.
+    """Mouth-region latent L1 of the generator with shuffled audio / with the true audio, on fixed test windows.
 
-    Shuffled = each window gets the audio of the next window in the batch (another time or another video)."""
+    Mouth region: the lower half's middle half of columns ([h/2, h) x [w/4, 3w/4) of the latent), where the
+    mouth lies in every crop (faces are centred); the jaw line and the background at the sides, which the
+    reference frame explains and the audio does not, are left out. Shuffled = each window gets the audio of
+    the next window in the batch (another time or another video)."""
     from lipsync.checkpoint import load_generator
     from lipsync.data import GeneratorDataset
     from models.unet import generate
@@ -241,11 +257,11 @@ def audio_gain(checkpoint, folders, windows: int, seed: int, batch_size: int = 3
     errors = {"true": 0.0, "shuffled": 0.0}
     for batch in torch.utils.data.DataLoader(dataset, batch_size=batch_size):
         gt = batch["gt"]  # [B, T, C, h, w]
-        h = gt.shape[-2]
+        h, w = gt.shape[-2:]
         for name, audio in (("true", batch["audio"]), ("shuffled", batch["audio"].roll(1, dims=0))):
             generated = generate(unet, batch["masked"].flatten(0, 1), batch["reference"].flatten(0, 1),
                                  audio.flatten(0, 1)).view_as(gt)
-            errors[name] += float((generated - gt)[..., h // 2:, :].abs().mean()) * len(gt)
+            errors[name] += float((generated - gt)[..., h // 2:, w // 4:w - w // 4].abs().mean()) * len(gt)
     return errors["shuffled"] / errors["true"]
 
 
@@ -329,14 +345,15 @@ def run_demo(output_root, profile: str = "full", seed: int = 0, log=print) -> di
         driving = make_driving_speech(root / "data" / "driving", p.test_identities, p.clip_seconds, seed)
 
     with stage("codec"):
-        crops = render_codec_faces(p.vae_pool, p.frame_size, p.image_size, seed)
+        crops = render_codec_faces(p.vae_pool, p.frame_size, p.image_size, seed, PADS)
         error = fit_codec(models / "vae", crops, p.vae_steps, seed, log=log)
         log(f"demo: codec held-out L1 {error:.4f}")
         model_zoo.save_wav2vec2(models / "wav2vec2", wav2vec2_config(), seed=seed)
 
     with stage("preprocess"):
         video_preprocess.main(["--data_root", str(raw), "--output_root", str(latents), "--codec", str(models / "vae"),
-                               "--image_size", str(p.image_size), "--devices", "0", "--batch_size", "64"])
+                               "--image_size", str(p.image_size), "--pads", *map(str, PADS), "--devices", "0",
+                               "--batch_size", "64"])
         audio_preprocess.main(["--data_root", str(latents), "--audio_encoder", str(models / "wav2vec2"),
                                "--device", "cpu"])
         # what `make_filelists.py --data_root D --name synthetic --val V --test T` does, into output_root
@@ -366,7 +383,8 @@ def run_demo(output_root, profile: str = "full", seed: int = 0, log=print) -> di
             trainer = unet_wav2lip_lightning.main([
                 *common, "--syncnet", str(syncnet_ckpt), "--unet_ckpt", str(unet_folder),
                 "--batch_size", str(p.generator_batch), "--accumulate_grad_batches", "1",
-                "--lr", str(p.generator_lr), "--warmup_steps", "40", "--max_steps", str(p.generator_steps),
+                "--lr", str(p.generator_lr), "--warmup_steps", "40", "--sync_weight", str(SYNC_WEIGHT),
+                "--max_steps", str(p.generator_steps),
                 "--train_samples_per_epoch", str(p.generator_steps * p.generator_batch),
                 "--val_check_interval", str(p.generator_steps // 2)])
             generator_ckpt = _last_checkpoint(trainer)
@@ -384,7 +402,7 @@ def run_demo(output_root, profile: str = "full", seed: int = 0, log=print) -> di
             audio_path, true_opening = driving[k]
             face = raw / f"{entry}.mp4"
             out = results / f"{entry.replace('/', '_')}_driven.mp4"
-            lip_sync(loaded, face, audio_path, out, progress=False, batch_size=32)
+            lip_sync(loaded, face, audio_path, out, pads=PADS, progress=False, batch_size=32)
             clips.append(dict(name=entry, face=face, output_path=out, audio=audio_path, true=true_opening))
 
     with stage("evaluate"):
@@ -402,6 +420,7 @@ def run_demo(output_root, profile: str = "full", seed: int = 0, log=print) -> di
         metrics = {
             "sync_corr": float(np.mean([clip["output_corr"] for clip in clips])),
             "baseline_corr": float(np.mean([clip["input_corr"] for clip in clips])),
+            "sync_lag": best_lag([clip["output"] for clip in clips], [clip["true"] for clip in clips]),
             "syncnet_acc": syncnet_accuracy(syncnet_ckpt, folders, p.eval_windows, seed),
             "audio_gain": audio_gain(merged, folders, p.eval_windows, seed),
         }

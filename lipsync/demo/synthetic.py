@@ -114,7 +114,7 @@ def synth_speech(duration_s: float, rng: np.random.Generator, fps: float = timin
         shape = np.sin(np.pi / 2 * np.clip(np.minimum(v / attack, (1 - v) / decay), 0, 1)) ** 2
         envelope[a:b] = stress * shape
         opening[a:b] = stress * openness * shape
-        loudness[a:b] = 0.4 + 0.6 * openness
+        loudness[a:b] = 0.15 + 0.85 * openness  # open vowels are louder: the loudness tracks the opening
         f0[a:b] = np.clip(f0_base * (rng.uniform(0.9, 1.15) + rng.uniform(-0.15, 0.1) * u), 80, 250)
         formants[a:b] = np.array(vowel) * formant_scale
         fricative[a:b] = stress * np.sin(np.pi * np.clip(u / onset, 0, 1)) if onset else 0.0
@@ -145,7 +145,7 @@ HAIR_STYLES = {
     "curly": dict(forehead=(0.0, 0.12, 0.90, 0.60), cap=1.12, back=(-0.25, 1.4, 0.95)),
 }
 EYE_Y, BROW_Y, NOSTRIL_Y, MOUTH_Y = -0.07, -0.30, 0.30, 0.52  # in ay below the head centre
-MAX_OPEN = 0.20  # mouth interior height at opening 1, in ay
+MAX_OPEN = 0.28  # mouth interior height at opening 1, in ay
 MOUTH_INTERIOR = (30, 8, 12)  # RGB; near black for every identity so darkness means "open mouth"
 # Part of the face box (x1, x2, y1, y2 as fractions) that holds the mouth at any opening and only skin around it.
 MOUTH_REGION = (0.30, 0.70, 0.68, 0.93)

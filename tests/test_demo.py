@@ -1,0 +1,56 @@
+"""The README's main command on its small profile: the whole workflow runs and the model LEARNS lip sync.
+
+One run of `python demo.py --profile ci` (~3-4 min on 2 cores) in a subprocess, as a user runs it. Its bounds
+are loose enough for seed-to-seed noise and tight enough to fail when training or the train / inference
+alignment breaks: an untrained or audio-blind generator gives sync_corr ~0 and audio_gain ~1, and an audio
+window one frame off between training and inference (the reference's bug) moves sync_lag off 0.
+"""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lipsync.video_io import probe_video
+
+ROOT = Path(__file__).resolve().parents[1]
+LAST_LINE = re.compile(r"^demo: sync_corr=(-?\d+\.\d\d) baseline_corr=(-?\d+\.\d\d) syncnet_acc=(\d\.\d\d) "
+                       r"audio_gain=(\d+\.\d) seconds=(\d+)$")
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("demo_cwd")
+    proc = subprocess.run([sys.executable, str(ROOT / "demo.py"), "--output_root", str(cwd / "out"),
+                           "--profile", "ci"], cwd=cwd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return cwd, proc.stdout.strip().splitlines()
+
+
+def test_demo_prints_its_numbers_last_and_writes_the_results(demo_run):
+    cwd, lines = demo_run
+    match = LAST_LINE.match(lines[-1])
+    assert match, lines[-1]
+    metrics = json.loads((cwd / "out" / "results" / "metrics.json").read_text())
+    assert float(match.group(1)) == pytest.approx(metrics["sync_corr"], abs=0.006)
+    video = probe_video(cwd / "results" / "demo.mp4")  # copied next to where the user ran it
+    assert video.num_frames >= 50 and video.width == 2 * 2 * 128  # input | output, each upscaled 2x
+    assert (cwd / "out" / "results" / "mouth_opening.png").stat().st_size > 10_000
+    for stage in ("data", "codec", "preprocess", "syncnet", "generator", "merge", "inference", "evaluate"):
+        assert stage in metrics["stage_seconds"]
+
+
+def test_demo_learned_lip_sync_on_held_out_faces_and_speech(demo_run):
+    cwd, _ = demo_run
+    m = json.loads((cwd / "out" / "results" / "metrics.json").read_text())
+    assert m["sync_corr"] >= 0.4, m  # the output's mouth follows the driving speech
+    assert abs(m["baseline_corr"]) <= 0.3, m  # the input's mouth does not
+    assert m["sync_lag"] == 0, m  # and follows it in step, not one frame early or late
+    assert m["syncnet_acc"] >= 0.6, m
+    assert m["audio_gain"] >= 1.05, m
+    assert np.isfinite(m["seconds"])
