@@ -58,6 +58,9 @@ def main(argv=None):
     p.add_argument("--modes", nargs="*", default=["eager", "compile"], choices=["eager", "compile"])
     p.add_argument("--ref_frame", type=int, default=None,
                    help="one fixed reference face (encoded once): one VAE encode per frame instead of two")
+    p.add_argument("--switch_interval", type=float, nargs="*", default=[None],
+                   help="sys.setswitchinterval values (s) to compare: how long a thread may hold Python's GIL "
+                        "before a waiting one gets it (default 0.005)")
     args = p.parse_args(argv)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -65,7 +68,10 @@ def main(argv=None):
     results = {}
     for size in args.sizes:
         checkpoint = write_models(work, size)
-        for mode in args.modes:
+        for mode, interval in ((m, i) for m in args.modes for i in args.switch_interval):
+            default_interval = sys.getswitchinterval()
+            if interval is not None:
+                sys.setswitchinterval(interval)
             start = time.perf_counter()
             models = load_models(checkpoint, compile=mode == "compile")
             options = dict(batch_size=args.batch_size, progress=False, ref_frame=args.ref_frame)
@@ -73,6 +79,8 @@ def main(argv=None):
             warm_s = time.perf_counter() - start
             summary = lip_sync(models, args.clip, args.audio, work / f"out_{size}.mp4", **options)
             summary["load_and_warmup_s"] = warm_s
+            sys.setswitchinterval(default_interval)
+            mode = mode if interval is None else f"{mode} si={interval:g}"
             results[(size, mode)] = summary
             print(json.dumps(summary), flush=True)
             del models
