@@ -54,3 +54,23 @@ def test_demo_learned_lip_sync_on_held_out_faces_and_speech(demo_run):
     assert m["syncnet_acc"] >= 0.6, m
     assert m["audio_gain"] >= 1.05, m
     assert np.isfinite(m["seconds"])
+
+
+def test_reruns_start_clean_but_never_delete_a_folder_the_demo_did_not_make(tmp_path):
+    from lipsync.demo.pipeline import MARKER, _fresh_output_root
+    from lipsync.errors import UserError
+
+    users = tmp_path / "users_folder"
+    (users / "data").mkdir(parents=True)
+    (users / "data" / "thesis.tex").write_text("precious")
+    with pytest.raises(UserError, match="not made by the demo"):
+        _fresh_output_root(users)
+    assert (users / "data" / "thesis.tex").exists()
+
+    demo = tmp_path / "demo_output"
+    _fresh_output_root(demo)  # new folder: marked
+    (demo / "data" / "raw").mkdir(parents=True)
+    (demo / "data" / "raw" / "old.mp4").write_text("last run")
+    (demo / "notes.txt").write_text("kept")
+    _fresh_output_root(demo)
+    assert (demo / MARKER).exists() and not (demo / "data").exists() and (demo / "notes.txt").exists()

@@ -29,6 +29,7 @@ import contextlib
 import dataclasses
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -317,6 +318,24 @@ def _skip_deepspeed_shm_build() -> None:
     importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
 
 
+MARKER = ".lipsync_demo"  # in output_root: this folder was made by the demo and may be cleared by it
+OWN = ("data", "models", "experiments", "results", f"filelists_{DATASET}")
+
+
+def _fresh_output_root(root: Path) -> None:
+    """Every run starts clean (a rerun with another profile or seed must not train on the last run's videos),
+    but the demo only ever deletes folders it made itself: a non-empty folder without its marker is an error."""
+    from lipsync.errors import UserError
+
+    if root.exists() and any(root.iterdir()):
+        if not (root / MARKER).exists():
+            raise UserError(f"--output_root {root} is not empty and was not made by the demo: choose a new folder")
+        for name in OWN:
+            shutil.rmtree(root / name, ignore_errors=True)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / MARKER).write_text("made by demo.py; the next run clears data/ models/ experiments/ results/\n")
+
+
 def _last_checkpoint(trainer) -> Path:
     return Path(trainer.checkpoint_callback.dirpath) / "last.ckpt"
 
@@ -333,6 +352,7 @@ def run_demo(output_root, profile: str = "full", seed: int = 0, log=print) -> di
 
     p = PROFILES[profile]
     root = Path(output_root).absolute()
+    _fresh_output_root(root)
     raw, latents, models, results = root / "data" / "raw", root / "data" / "latents", root / "models", root / "results"
     experiments = root / "experiments"
     for folder in (raw, latents, models, results, experiments):
