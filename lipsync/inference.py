@@ -134,12 +134,12 @@ def load_models(checkpoint_path, unet_config=None, audio_encoder: str | None = N
         unet.set_attn_processor(AttnProcessor2_0())  # torch SDPA (flash / memory-efficient kernels)
         latent_codec.vae.set_attn_processor(AttnProcessor2_0())
     if compile and device.type == "cuda":  # fuses the GroupNorm / SiLU / residual chains that dominate the VAE
-        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)  # batch sizes vary
+        # lip_sync pads every call to one shape, but a caller may use several batch sizes on the same models
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)
         unet = torch.compile(unet)
         latent_codec.compile()
     return LipSyncModels(unet, latent_codec, speech_encoder, int(size), device,
                          compiled=compile and device.type == "cuda")
-
 
 
 class StageTimer:
@@ -250,16 +250,15 @@ def _check_options(opts: LipSyncOptions) -> None:
 
 
 def _reference_latent(models: LipSyncModels, source: FaceSource, boxes: np.ndarray, found: np.ndarray,
-                      k: int, batch_size: int) -> torch.Tensor:
-    """--ref_frame K: the scaled latent [1, C, h, w] of source frame K's face, encoded once."""
+                      k: int, pad_to: int | None) -> torch.Tensor:
+    """--ref_frame K: the scaled latent [1, C, h, w] of source frame K's face, encoded once (padded to `pad_to`)."""
     if k >= len(boxes):
         raise UserError(f"--ref_frame {k}: the face input has only {len(boxes)} frames")
     if not found[k]:
         raise UserError(f"--ref_frame {k}: no face found in that frame")
     frame = next(source.frames_at(np.array([k])))
     crop = crop_faces([frame], boxes[k:k + 1], models.image_size)  # [1, S, S, 3]
-    return padded_call(models.codec.encode, batch_size if models.compiled else None,
-                   uint8_to_model(crop, models.device, models.dtype))
+    return padded_call(models.codec.encode, pad_to, uint8_to_model(crop, models.device, models.dtype))
 
 
 @dataclass
@@ -329,26 +328,26 @@ def _prepare_batches(source: FaceSource, sources: np.ndarray, boxes: np.ndarray,
 
 
 def _generate_faces(models: LipSyncModels, batch: Batch, audio: torch.Tensor, reference: torch.Tensor | None,
-                    timer: StageTimer, batch_size: int) -> None:
+                    timer: StageTimer, pad_to: int | None) -> None:
     """GPU side, main thread: crops -> masked + reference latents -> UNet on the rows' audio windows
-    [F, 10, D] -> decoded faces [F, S, S, 3] uint8 (stored on the batch)."""
+    [F, 10, D] -> decoded faces [F, S, S, 3] uint8 (stored on the batch). pad_to: compiled models get
+    every call padded to this many rows (None: no padding)."""
     num = len(batch.rows)
     repeat = torch.from_numpy(batch.inverse).to(models.device)  # [F] row of each frame among the unique crops
     with timer.stage("vae_encode", num):
         x = uint8_to_model(batch.crops, models.device, models.dtype)  # [U, 3, S, S] in [-1, 1]
-        rows = batch_size if models.compiled else None
         if reference is None:  # each frame's own face: one codec call for masked + reference
-            both = padded_call(models.codec.encode, rows and 2 * rows, torch.cat([mask_lower_half(x), x]))
+            both = padded_call(models.codec.encode, pad_to and 2 * pad_to, torch.cat([mask_lower_half(x), x]))
             masked, own = both.chunk(2)  # [U, C, h, w] each
             masked, references = masked[repeat], own[repeat]  # [F, C, h, w]
         else:
-            masked = padded_call(models.codec.encode, rows, mask_lower_half(x))[repeat]  # [F, C, h, w]
+            masked = padded_call(models.codec.encode, pad_to, mask_lower_half(x))[repeat]  # [F, C, h, w]
             references = reference.expand(num, -1, -1, -1)
     with timer.stage("unet", num):
-        latents = padded_call(lambda *t: generate(models.unet, *t), rows, masked, references,
-                          audio.to(models.device))  # [F, C, h, w]
+        latents = padded_call(lambda *t: generate(models.unet, *t), pad_to,
+                              masked, references, audio.to(models.device))  # [F, C, h, w]
     with timer.stage("vae_decode", num):
-        batch.faces = model_to_uint8(padded_call(models.codec.decode, rows, latents))  # [F, S, S, 3] uint8 RGB
+        batch.faces = model_to_uint8(padded_call(models.codec.decode, pad_to, latents))  # [F, S, S, 3] uint8 RGB
 
 
 def _blend_and_write(batches: Iterable[Batch], writer: VideoWriter, boxes: np.ndarray, found: np.ndarray,
@@ -417,8 +416,9 @@ def lip_sync(checkpoint, face, audio, outfile=DEFAULT_OUTFILE, **options) -> dic
     timer.frames["detect"] = len(boxes)
     if not found.any():
         raise UserError(f"no face found in any frame of {face}")
+    pad_to = opts.batch_size if models.compiled else None  # compiled: one batch shape for every call
     reference = None if opts.ref_frame is None else _reference_latent(models, source, boxes, found, opts.ref_frame,
-                                                                            opts.batch_size)
+                                                                      pad_to)
 
     # pass 2: three threads overlap CPU and GPU work: decode + crop -> codec + UNet (GPU) -> paste + encode
     sources = pingpong_indices(len(boxes), num_out)  # [n_out] source frame shown by each output frame
@@ -432,7 +432,7 @@ def lip_sync(checkpoint, face, audio, outfile=DEFAULT_OUTFILE, **options) -> dic
             if batch.rows.size:
                 windows = timing.generator_audio_windows(features, batch.start + batch.rows, fps=source.fps)
                 with torch.inference_mode():  # grad mode is per thread
-                    _generate_faces(models, batch, windows, reference, timer, opts.batch_size)  # windows [F, 10, D]
+                    _generate_faces(models, batch, windows, reference, timer, pad_to)  # windows [F, 10, D]
             yield batch
 
     with VideoWriter(outfile, source.fps, source.width, source.height, crf=opts.crf, audio=track,

@@ -258,8 +258,8 @@ class VideoPreprocessor:
             indices = [k for k, _ in batch]
             crops = crop_faces(np.stack([frame for _, frame in batch]), boxes[indices], s.image_size)
             images = uint8_to_model(crops, self.device, self.codec.dtype)  # [B, 3, S, S] in [-1, 1]
-            rows = 2 * s.batch_size if self.compiled else None  # compiled: every call one shape
-            latents = padded_call(self.codec.encode, rows, torch.cat([images, mask_lower_half(images)]))
+            pad_to = 2 * s.batch_size if self.compiled else None  # compiled: every call one shape
+            latents = padded_call(self.codec.encode, pad_to, torch.cat([images, mask_lower_half(images)]))
             latents = latents.to("cpu", torch.float16)
             full[filled:filled + len(batch)], masked[filled:filled + len(batch)] = latents.chunk(2)
             filled += len(batch)

@@ -98,3 +98,8 @@ def sync_loss(probability: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
     p = probability.float().clamp(1e-6, 1 - 1e-6)
     y = label.float()
     return -(y * p.log() + (1 - y) * (1 - p).log()).mean()
+
+
+def sync_correct(probability: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """[B] bool: the window is classified right, in sync meaning P(in sync) = cosine > 0.5 (Wav2Lip's rule)."""
+    return (probability > 0.5) == (label > 0.5)

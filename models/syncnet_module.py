@@ -6,7 +6,7 @@ import torch
 
 from lipsync.checkpoint import encode_model_card
 from lipsync.training import OptimConfig, configure_adamw
-from models.syncnet import SyncNet, SyncNetConfig, sync_loss
+from models.syncnet import SyncNet, SyncNetConfig, sync_correct, sync_loss
 
 
 class SyncNetModule(pl.LightningModule):
@@ -27,7 +27,7 @@ class SyncNetModule(pl.LightningModule):
             self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
             return loss
         positive = label > 0.5
-        self.log_dict({"val/loss": loss, "val/acc": ((p > 0.5) == positive).float().mean()},
+        self.log_dict({"val/loss": loss, "val/acc": sync_correct(p, label).float().mean()},
                       prog_bar=True, sync_dist=True, batch_size=batch_size)
         # mean cosine of in-sync and off-sync pairs, weighted by how many of each the batch holds
         for name, rows in (("val/pos_cos", positive), ("val/neg_cos", ~positive)):

@@ -231,13 +231,14 @@ def syncnet_accuracy(checkpoint, folders, windows: int, seed: int, batch_size: i
     """Accuracy (P(in sync) > 0.5) of the expert on `windows` fixed test windows, half in sync, half not."""
     from lipsync.checkpoint import load_syncnet
     from lipsync.data import SyncNetDataset
+    from models.syncnet import sync_correct
 
     expert = load_syncnet(checkpoint).syncnet
     dataset = SyncNetDataset(folders, train=False, val_samples=windows, seed=seed)
     correct = 0
     for batch in torch.utils.data.DataLoader(dataset, batch_size=batch_size):
         p = expert.sync_probability(batch["faces"], batch["audio"])
-        correct += int(((p > 0.5) == (batch["label"] > 0.5)).sum())
+        correct += int(sync_correct(p, batch["label"]).sum())
     return correct / len(dataset)
 
 
@@ -450,7 +451,10 @@ def run_demo(output_root, profile: str = "full", seed: int = 0, log=print) -> di
     metrics["seconds"] = stage.total
     metrics["stage_seconds"] = {name: round(seconds, 1) for name, seconds in stage.seconds.items()}
     metrics["profile"], metrics["seed"] = profile, seed
-    (results / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    from lipsync.preprocess import atomic_path
+
+    with atomic_path(results / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(metrics, indent=1) + "\n")
     return metrics
 
 
