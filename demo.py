@@ -40,8 +40,11 @@ def main(argv=None) -> dict:
     video = Path(args.output_root) / "results" / "demo.mp4"
     local = Path("results") / "demo.mp4"
     if local.resolve() != video.resolve():
+        from lipsync.preprocess import atomic_path
+
         local.parent.mkdir(exist_ok=True)
-        shutil.copyfile(video, local)
+        with atomic_path(local) as tmp:  # never a half-copied demo.mp4
+            shutil.copyfile(video, tmp)
     print("demo: stage seconds " + ", ".join(f"{k} {v:.0f}" for k, v in metrics["stage_seconds"].items()))
     print(f"demo: wrote {video}, {local}, {video.parent / 'mouth_opening.png'}")
     print(format_metrics(metrics))
