@@ -3,7 +3,8 @@
     python unet_inference.py --checkpoint_path CKPT --face VIDEO_OR_IMAGE --audio AUDIO \
         [--outfile results/result_voice.mp4] [--static] [--fps 25] [--pads 0 10 0 0] [--box T B L R] \
         [--resize_factor 1] [--nosmooth] [--batch_size 16] [--ref_frame K] [--color_match] [--crf 18] \
-        [--unet_config FOLDER] [--audio_encoder ID] [--codec ID] [--image_size N] [--device auto] [--compile]
+        [--preset veryfast] [--unet_config FOLDER] [--audio_encoder ID] [--codec ID] [--image_size N] \
+        [--device auto] [--compile] [--no_cuda_graph]
 
 The UNet config, audio encoder, codec and crop size come from the checkpoint's model card; the flags override
 them only when given. The work is lipsync.inference.lip_sync; this prints its summary.
@@ -17,6 +18,7 @@ import transformers
 
 from lipsync.errors import cli_entry
 from lipsync.inference import DEFAULT_OUTFILE, LipSyncOptions, format_summary, lip_sync
+from lipsync.video_io import X264_PRESETS
 
 DEFAULTS = LipSyncOptions()
 
@@ -47,6 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="match the generated lower face's colours to the input's")
     p.add_argument("--crf", type=int, default=DEFAULTS.crf,
                    help="x264 constant rate factor, 0 (best) .. 51; 18 looks lossless")
+    p.add_argument("--preset", default=DEFAULTS.preset, choices=X264_PRESETS,
+                   help="x264 preset: encoding speed vs file size at the same CRF")
     p.add_argument("--unet_config", default=DEFAULTS.unet_config,
                    help="UNet config folder, for checkpoints without a model card")
     p.add_argument("--audio_encoder", default=DEFAULTS.audio_encoder,
@@ -56,6 +60,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--image_size", type=int, default=DEFAULTS.image_size, help="override the face crop size")
     p.add_argument("--device", default=DEFAULTS.device, help="auto, cpu, cuda or cuda:N")
     p.add_argument("--compile", action="store_true", help="torch.compile UNet and codec (CUDA; long inputs)")
+    p.add_argument("--no_cuda_graph", dest="cuda_graph", action="store_false", default=DEFAULTS.cuda_graph,
+                   help="launch every kernel from Python instead of replaying one recorded CUDA graph per batch")
     return p.parse_args(argv)
 
 

@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -26,6 +27,19 @@ from lipsync.inference import STAGES, lip_sync, load_models  # noqa: E402
 from models.unet import build_unet  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+MODES = {"eager": {}, "compile": {"compile": True}, "graph": {"cuda_graph": True},
+         "compile+graph": {"compile": True, "cuda_graph": True}}
+CHECK_FRAMES = 16  # output frames compared with the eager run's
+
+
+def first_frame_box(clip) -> tuple[int, int, int, int]:
+    """The detector's box on the clip's first frame as --box wants it: top, bottom, left, right."""
+    from lipsync.faces import FaceDetector
+    from lipsync.video_io import iter_frames
+    frames = iter_frames(clip)
+    x1, y1, x2, y2 = FaceDetector().detect(next(frames)[None])[0]
+    frames.close()
+    return int(y1), int(y2), int(x1), int(x2)
 
 
 def write_models(work: Path, image_size: int) -> Path:
@@ -55,7 +69,11 @@ def main(argv=None):
     p.add_argument("--work", required=True)
     p.add_argument("--sizes", nargs="*", type=int, default=[768, 256])
     p.add_argument("--batch_size", type=int, default=16)
-    p.add_argument("--modes", nargs="*", default=["eager", "compile"], choices=["eager", "compile"])
+    p.add_argument("--modes", nargs="*", default=["eager", "compile"], choices=list(MODES),
+                   help="eager; compile (torch.compile); graph (one CUDA graph per batch); compile+graph")
+    p.add_argument("--box", action="store_true",
+                   help="a fixed face box (detected once on the first frame) instead of detection on every frame, "
+                        "as the reference's baseline was measured")
     p.add_argument("--ref_frame", type=int, default=None,
                    help="one fixed reference face (encoded once): one VAE encode per frame instead of two")
     p.add_argument("--switch_interval", type=float, nargs="*", default=[None],
@@ -65,7 +83,9 @@ def main(argv=None):
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     print(f"device: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}", flush=True)
-    results = {}
+    results, first_outputs = {}, {}
+    box = first_frame_box(args.clip) if args.box else None
+    print(f"face box: {'fixed ' + str(box) if box else 'detected in every frame'}", flush=True)
     for size in args.sizes:
         checkpoint = write_models(work, size)
         for mode, interval in ((m, i) for m in args.modes for i in args.switch_interval):
@@ -73,12 +93,25 @@ def main(argv=None):
             if interval is not None:
                 sys.setswitchinterval(interval)
             start = time.perf_counter()
-            models = load_models(checkpoint, compile=mode == "compile")
-            options = dict(batch_size=args.batch_size, progress=False, ref_frame=args.ref_frame)
+            models = load_models(checkpoint, compile=MODES[mode].get("compile", False))
+            options = dict(batch_size=args.batch_size, progress=False, ref_frame=args.ref_frame, box=box,
+                           cuda_graph=MODES[mode].get("cuda_graph", False))
             lip_sync(models, args.clip, args.audio, work / f"warmup_{size}.mp4", **options)  # + compile time
             warm_s = time.perf_counter() - start
-            summary = lip_sync(models, args.clip, args.audio, work / f"out_{size}.mp4", **options)
+            outputs = []
+
+            def keep(i, src, crop_box, before, after):
+                if i < CHECK_FRAMES:
+                    outputs.append(after)
+
+            summary = lip_sync(models, args.clip, args.audio, work / f"out_{size}.mp4", on_frame=keep, **options)
             summary["load_and_warmup_s"] = warm_s
+            if size not in first_outputs:
+                first_outputs[size] = (mode, np.stack(outputs))
+            ref_mode, ref = first_outputs[size]
+            diff = np.abs(np.stack(outputs).astype(np.int16) - ref)
+            summary["check"] = (f"vs {ref_mode}: first {len(outputs)} frames max |diff| {diff.max()}, "
+                                f"mean {diff.mean():.3f}")
             sys.setswitchinterval(default_interval)
             mode = mode if interval is None else f"{mode} si={interval:g}"
             results[(size, mode)] = summary
@@ -87,14 +120,14 @@ def main(argv=None):
             torch.cuda.empty_cache()
     fixed = args.ref_frame is not None
     print(f"\nreference face: {f'source frame {args.ref_frame} (fixed)' if fixed else 'each frame'}")
-    print("crop px  mode     frames  seconds  end-to-end frames/s  (load + warm-up s)")
+    print("crop px  mode           frames  seconds  end-to-end frames/s  (load + warm-up s)  output check")
     for (size, mode), s in results.items():
-        print(f"{size:>7}  {mode:<8} {s['frames']:>6} {s['seconds']:>8.2f} {s['frames'] / s['seconds']:>20.1f}"
-              f"  ({s['load_and_warmup_s']:.1f})")
+        print(f"{size:>7}  {mode:<14} {s['frames']:>6} {s['seconds']:>8.2f} {s['frames'] / s['seconds']:>20.1f}"
+              f"  ({s['load_and_warmup_s']:>5.1f})  {s['check']}")
     print("\nstage frames/s (each stage's own busy time; the three pipeline threads overlap)")
-    print("crop px  mode    " + " ".join(f"{name:>12}" for name in STAGES))
+    print("crop px  mode          " + " ".join(f"{name:>12}" for name in STAGES))
     for (size, mode), s in results.items():
-        print(f"{size:>7}  {mode:<8}" + " ".join(f"{(s['stages'].get(name, {}).get('fps') or float('nan')):>12.1f}"
+        print(f"{size:>7}  {mode:<14}" + " ".join(f"{(s['stages'].get(name, {}).get('fps') or float('nan')):>12.1f}"
                                                  for name in STAGES))
 
 

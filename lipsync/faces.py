@@ -231,7 +231,9 @@ def paste_faces(frames: np.ndarray, boxes: np.ndarray, faces: np.ndarray, mask: 
 
     Each face and the mask are warped back into the box's bounding rectangle (the inverse of `crop_faces`) and
     alpha-blended; pixels where the warped mask is 0, and everything outside the rectangle, keep their exact
-    input bytes. The input frames are not modified.
+    input bytes. Only the band of rows the mask covers (the lower face) is resampled and blended, by OpenCV
+    (which releases Python's GIL: inference pastes in a thread beside decoding and encoding). The input frames
+    are not modified.
     """
     boxes = _check_boxes(boxes)
     out = np.array(frames, dtype=np.uint8, copy=True)
@@ -241,11 +243,17 @@ def paste_faces(frames: np.ndarray, boxes: np.ndarray, faces: np.ndarray, mask: 
         x0, y0, x1, y1 = _roi(box, frame.shape, border=0)
         scale = (box[2] - box[0]) / size
         offset = (box[0] - x0, box[1] - y0)
-        alpha = _scale_translate(mask, scale, offset, (x1 - x0, y1 - y0), cv2.BORDER_CONSTANT)[..., None]
-        warped = _scale_translate(face, scale, offset, (x1 - x0, y1 - y0), cv2.BORDER_REPLICATE)
-        region = frame[y0:y1, x0:x1]
-        blended = region * (1 - alpha) + warped * alpha  # alpha == 0 gives the region's values exactly
-        region[:] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+        alpha = _scale_translate(mask, scale, offset, (x1 - x0, y1 - y0), cv2.BORDER_CONSTANT)  # [h, w]
+        rows = np.flatnonzero(alpha.any(axis=1))
+        if not rows.size:
+            continue
+        top, bottom = int(rows[0]), int(rows[-1]) + 1  # the same sampling grid, shifted down by `top` rows
+        warped = _scale_translate(face, scale, (offset[0], offset[1] - top), (x1 - x0, bottom - top),
+                                  cv2.BORDER_REPLICATE)
+        region = frame[y0 + top:y0 + bottom, x0:x1]
+        weight = alpha[top:bottom]
+        # (1 - alpha) * region + alpha * face, rounded (within 1 of numpy's float result; alpha 0 or 1 exact)
+        region[:] = cv2.blendLinear(region, warped, 1 - weight, weight)
     return out
 
 

@@ -23,14 +23,22 @@ def mask_lower_half(images: torch.Tensor) -> torch.Tensor:
 
 def uint8_to_model(frames: np.ndarray, device, dtype) -> torch.Tensor:
     """frames uint8 [B, H, W, 3] RGB -> float [B, 3, H, W] in [-1, 1] on `device`."""
-    x = torch.from_numpy(np.ascontiguousarray(frames)).to(device, non_blocking=True)
-    return x.permute(0, 3, 1, 2).to(dtype).div_(127.5).sub_(1.0)
+    return uint8_tensor_to_model(torch.from_numpy(np.ascontiguousarray(frames)).to(device, non_blocking=True), dtype)
+
+
+def uint8_tensor_to_model(frames: torch.Tensor, dtype) -> torch.Tensor:
+    """frames uint8 [B, H, W, 3] RGB (any device) -> float [B, 3, H, W] in [-1, 1] on the same device."""
+    return frames.permute(0, 3, 1, 2).to(dtype).div_(127.5).sub_(1.0)
 
 
 def model_to_uint8(images: torch.Tensor) -> np.ndarray:
     """float [B, 3, H, W] in [-1, 1] -> uint8 [B, H, W, 3] RGB on the CPU."""
-    x = ((images.float().clamp(-1, 1) + 1) * 127.5).round_().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).cpu().numpy()
+    return model_to_uint8_tensor(images).cpu().numpy()
+
+
+def model_to_uint8_tensor(images: torch.Tensor) -> torch.Tensor:
+    """float [B, 3, H, W] in [-1, 1] -> uint8 [B, H, W, 3] RGB on the same device."""
+    return ((images.float().clamp(-1, 1) + 1) * 127.5).round_().to(torch.uint8).permute(0, 2, 3, 1)
 
 
 def padded_call(fn, rows: int | None, *tensors: torch.Tensor) -> torch.Tensor:

@@ -281,8 +281,12 @@ def _as_fraction(fps) -> Fraction:
     return Fraction(fps).limit_denominator(1001)
 
 
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+
+
 class VideoWriter:
-    """H.264 (libx264, yuv420p, one CRF pass) + optional AAC audio in one container, written atomically.
+    """H.264 (libx264, yuv420p, one CRF pass at an x264 `preset`) + optional AAC audio in one container, written
+    atomically.
 
     Frames go to a hidden temp file next to `path` (`.name.tmp.mp4`) that is renamed to `path` only when the
     writer closes cleanly; leaving the `with` block by an exception deletes it, so a half-written video never
@@ -298,7 +302,7 @@ class VideoWriter:
     """
 
     def __init__(self, path, fps: float, width: int, height: int, crf: int = 18, audio: np.ndarray | None = None,
-                 audio_rate: int = 16000):
+                 audio_rate: int = 16000, preset: str = "medium"):
         self.path = Path(path)
         self.width, self.height = width, height
         self._rate = _as_fraction(fps)
@@ -310,7 +314,7 @@ class VideoWriter:
             self._video = self._container.add_stream("libx264", rate=self._rate)
             self._video.width, self._video.height = width + width % 2, height + height % 2
             self._video.pix_fmt = "yuv420p"
-            self._video.options = {"crf": str(crf)}
+            self._video.options = {"crf": str(crf), "preset": preset}  # preset: x264 speed vs file size
             self._video.codec_context.time_base = 1 / self._rate
             self._audio = self._audio_stream(audio, audio_rate) if audio is not None else None
         except BaseException:
