@@ -89,7 +89,10 @@ class FaceDetector:
         return boxes.astype(np.float32)
 
 
-def smooth_boxes(boxes: np.ndarray, window: int = 5) -> np.ndarray:
+SMOOTH_WINDOW = 5  # frames averaged by smooth_boxes (centred: SMOOTH_WINDOW // 2 on each side)
+
+
+def smooth_boxes(boxes: np.ndarray, window: int = SMOOTH_WINDOW) -> np.ndarray:
     """[N, 4] -> [N, 4]: each valid box becomes the mean of the valid boxes among its `window` centred
     neighbours (window // 2 on each side), which removes detector jitter; NaN rows stay NaN."""
     boxes = np.asarray(boxes, dtype=np.float32)

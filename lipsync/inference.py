@@ -1,8 +1,8 @@
 """lip_sync(): a face video (or still image) + driving speech -> an H.264 + AAC mp4 whose lower face speaks it.
 
 Streaming, two passes over the face video; the video is never held in memory:
-1. face boxes of every source frame (`faces.face_boxes`; detection sees each source frame once, even when the
-   output ping-pongs over it);
+1. face boxes of every source frame the output can show (`faces.face_boxes`; detection sees each source frame
+   once, even when the output ping-pongs over it; a video longer than the audio is read only as far as needed);
 2. output frame i shows source frame `pingpong_indices(n_src, n_out)[i]`; in batches: crop the face (RGB,
    image_size), encode the masked crop and the reference crop with the codec, run the UNet on the frame's audio
    window, decode, paste ONLY the lower face back through the feathered mask, and encode the frame into the mp4
@@ -16,6 +16,7 @@ through unchanged.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import queue
 import threading
 import time
@@ -37,7 +38,8 @@ from lipsync.audio import decode_audio, load_audio
 from lipsync.audio_encoder import DEFAULT_AUDIO_ENCODER, AudioEncoder
 from lipsync.checkpoint import load_generator
 from lipsync.errors import UserError
-from lipsync.faces import FaceDetector, color_match, crop_faces, face_boxes, lower_face_mask, paste_faces
+from lipsync.faces import (SMOOTH_WINDOW, FaceDetector, color_match, crop_faces, face_boxes, lower_face_mask,
+                           paste_faces)
 from lipsync.latent_codec import (DEFAULT_CODEC, LatentCodec, mask_lower_half, model_to_uint8_tensor, padded_call,
                                   uint8_tensor_to_model, uint8_to_model)
 from lipsync.video_io import (
@@ -486,16 +488,22 @@ def lip_sync(checkpoint, face, audio, outfile=DEFAULT_OUTFILE, **options) -> dic
     with timer.stage("audio", num_out):
         features = models.audio_encoder.encode(speech)  # [F, D] at 50 Hz
 
-    # pass 1: crop boxes of the source frames
+    # pass 1: crop boxes of the source frames the output can show. A video longer than the audio is read only up
+    # to frame num_out + SMOOTH_WINDOW // 2: the smoothed boxes of the shown frames are then exactly those of a
+    # whole-video pass, and a 10-minute face video driven by 10 s of speech costs 10 s of detection.
     detector = None if opts.box is not None else FaceDetector()
-    bar = tqdm(timer.iterate("video_decode", source.frames()), desc="detect faces", unit="frame",
-               total=1 if source.still is not None else source.num_frames,
+    needed = max(num_out + SMOOTH_WINDOW // 2, (opts.ref_frame or 0) + 1)
+    frames = source.frames()
+    bar = tqdm(timer.iterate("video_decode", itertools.islice(frames, needed)), desc="detect faces", unit="frame",
+               total=1 if source.still is not None else min(source.num_frames, needed),
                disable=None if opts.progress else True, leave=False)
     with timer.stage("detect"):
         boxes, found = face_boxes(bar, detector, batch_size=opts.batch_size, pads=opts.pads,
                                   smooth=not opts.nosmooth and source.still is None,
                                   box=opts.box)  # [N, 4] x1y1x2y2, [N] bool
     bar.close()
+    if hasattr(frames, "close"):  # a video decoder stopped early: close its file now
+        frames.close()
     timer.frames["detect"] = len(boxes)
     if not found.any():
         raise UserError(f"no face found in any frame of {face}")
@@ -537,6 +545,7 @@ def lip_sync(checkpoint, face, audio, outfile=DEFAULT_OUTFILE, **options) -> dic
         timer.merge(other)
 
     faces_found = int(found[sources].sum())
+    # source_frames: frames of the face input read (all of them when the output ping-pongs over them)
     return {"outfile": str(outfile), "frames": num_out, "source_frames": len(boxes), "faces_found": faces_found,
             "frames_without_face": num_out - faces_found, "fps": source.fps, "width": source.width,
             "height": source.height, "audio_seconds": round(len(speech) / timing.AUDIO_SAMPLE_RATE, 3),

@@ -24,8 +24,8 @@ from lipsync import model_zoo
 from lipsync.audio import load_audio, write_wav
 from lipsync.checkpoint import encode_model_card
 from lipsync.errors import UserError
-from lipsync.faces import lower_face_mask, paste_faces
-from lipsync.inference import lip_sync, load_models
+from lipsync.faces import FaceDetector, face_boxes, lower_face_mask, paste_faces
+from lipsync.inference import LipSyncOptions, lip_sync, load_models
 from lipsync.video_io import VideoWriter, iter_frames, pingpong_indices, probe_video
 from models.syncnet import SyncNet, SyncNetConfig
 from models.unet import build_unet
@@ -227,6 +227,20 @@ def inputs(speech, tmp_path_factory):
     (root / "garbage.ckpt").write_bytes(b"\x00not a checkpoint" * 10)
     _write_speech(root / "speech.wav", speech, 0.8)
     return root
+
+
+def test_a_video_longer_than_the_audio_is_read_only_as_far_as_the_output_needs(models, speech, clips_dir, tmp_path):
+    """1 s of speech over the 75-frame clip: 25 output frames, so detection reads 25 + 2 frames (the smoothing
+    window's half), and the boxes of the shown frames are exactly those of a pass over the whole video."""
+    audio = _write_speech(tmp_path / "speech.wav", speech, 1.0)
+    recorder = Recorder()
+    summary = lip_sync(models, clips_dir / GRID, audio, tmp_path / "out.mp4", batch_size=8, on_frame=recorder)
+    assert summary["frames"] == 25 and summary["source_frames"] == 27
+    assert summary["stages"]["detect"]["frames"] == 27
+    whole, found = face_boxes(iter_frames(clips_dir / GRID), FaceDetector(), batch_size=8,
+                              pads=LipSyncOptions().pads)
+    assert len(whole) == 75 and found.all()
+    np.testing.assert_allclose(np.stack(recorder.boxes), whole[:25], atol=0.01)  # detector batches differ at the end
 
 
 BAD_INPUTS = {  # case: (checkpoint, face, audio, what the message says); None = the good one
