@@ -385,10 +385,12 @@ class GraphedGeneration:
     replay and a copy out, so the GPU never waits for Python to launch each kernel while the decode, paste and
     write threads hold the GIL (H100, 256 px crops, fixed box: 31 -> 50-62 frames/s end to end). Inputs live in
     fixed buffers; rows past a short batch's end hold stale data that is computed and ignored (rows are
-    independent). Recorded once per (models, batch size, audio dim, fixed reference or not), kept on the models."""
+    independent). Recorded once per (models, batch size, audio dim, fixed reference or not) and kept on the models,
+    with its memory pool (one batch's activations)."""
 
     def __init__(self, models: LipSyncModels, batch_size: int, audio_dim: int, fixed_reference: bool):
         size, device = models.image_size, models.device
+        self._lock = threading.Lock()
         self.crops = torch.zeros(batch_size, size, size, 3, dtype=torch.uint8, device=device)
         self.repeat = torch.arange(batch_size, device=device)
         self.audio = torch.zeros(batch_size, timing.GENERATOR_AUDIO_FRAMES, audio_dim, device=device)
@@ -412,27 +414,31 @@ class GraphedGeneration:
             raise UserError(f"recording the generation step as a CUDA graph failed ({str(err).splitlines()[0]}); "
                             f"run with --no_cuda_graph") from None
 
-    @classmethod
-    def for_run(cls, models: LipSyncModels, batch_size: int, audio_dim: int,
-                reference: torch.Tensor | None) -> "GraphedGeneration":
-        """The models' graph for this batch size (recorded on first use), with this run's fixed reference."""
-        key = (batch_size, audio_dim, reference is not None)
-        if key not in models.graphs:
-            models.graphs[key] = cls(models, batch_size, audio_dim, reference is not None)
-        graphed = models.graphs[key]
-        if reference is not None:
-            graphed.reference.copy_(reference)
-        return graphed
+    _recording = threading.Lock()  # one recording at a time, whichever models
 
-    def __call__(self, crops: np.ndarray, inverse: np.ndarray, audio: torch.Tensor) -> np.ndarray:
-        """crops uint8 [U, S, S, 3], inverse [F] (row of each frame among the crops), audio [F, 10, D] ->
-        faces uint8 [F, S, S, 3] on the CPU."""
+    @classmethod
+    def for_models(cls, models: LipSyncModels, batch_size: int, audio_dim: int,
+                   fixed_reference: bool) -> "GraphedGeneration":
+        """The models' graph for this batch size and reference kind, recorded on first use."""
+        key = (batch_size, audio_dim, fixed_reference)
+        with cls._recording:
+            if key not in models.graphs:
+                models.graphs[key] = cls(models, batch_size, audio_dim, fixed_reference)
+        return models.graphs[key]
+
+    def __call__(self, crops: np.ndarray, inverse: np.ndarray, audio: torch.Tensor,
+                 reference: torch.Tensor | None = None) -> np.ndarray:
+        """crops uint8 [U, S, S, 3], inverse [F] (row of each frame among the crops), audio [F, 10, D], the
+        run's fixed reference latent [1, C, h, w] (graphs recorded with one) -> faces uint8 [F, S, S, 3] (CPU)."""
         num = len(inverse)
-        self.crops[:len(crops)].copy_(torch.from_numpy(crops))
-        self.repeat[:num].copy_(torch.from_numpy(inverse))
-        self.audio[:num].copy_(audio)
-        self.graph.replay()
-        return self.faces[:num].cpu().numpy()
+        with self._lock:  # buffers and output are shared by every run on these models (e.g. a server's threads)
+            if self.reference is not None:
+                self.reference.copy_(reference)
+            self.crops[:len(crops)].copy_(torch.from_numpy(crops))
+            self.repeat[:num].copy_(torch.from_numpy(inverse))
+            self.audio[:num].copy_(audio)
+            self.graph.replay()
+            return self.faces[:num].cpu().numpy()
 
 
 def _blend_and_write(batches: Iterable[Batch], writer: VideoWriter, boxes: np.ndarray, found: np.ndarray,
@@ -521,7 +527,7 @@ def lip_sync(checkpoint, face, audio, outfile=DEFAULT_OUTFILE, **options) -> dic
     graphed = None
     if opts.cuda_graph and models.device.type == "cuda":
         with timer.stage("generate"):  # recording (and compiling, with --compile) is charged to the stage
-            graphed = GraphedGeneration.for_run(models, opts.batch_size, features.shape[1], reference)
+            graphed = GraphedGeneration.for_models(models, opts.batch_size, features.shape[1], reference is not None)
 
     def generated():
         for batch in prepared:
@@ -532,7 +538,7 @@ def lip_sync(checkpoint, face, audio, outfile=DEFAULT_OUTFILE, **options) -> dic
                         _generate_faces(models, batch, windows, reference, timer, pad_to)  # windows [F, 10, D]
                     else:
                         with timer.stage("generate", len(batch.rows)):
-                            batch.faces = graphed(batch.crops, batch.inverse, windows)
+                            batch.faces = graphed(batch.crops, batch.inverse, windows, reference)
             yield batch
 
     with VideoWriter(outfile, source.fps, source.width, source.height, crf=opts.crf, audio=track,
