@@ -512,7 +512,7 @@ def lip_sync(checkpoint, face, audio, outfile=DEFAULT_OUTFILE, **options) -> dic
         frames.close()
     timer.frames["detect"] = len(boxes)
     if not found.any():
-        raise UserError(f"no face found in any frame of {face}")
+        raise UserError(f"no face found in any of the {len(boxes)} frames of {face} that the output would show")
     pad_to = opts.batch_size if models.compiled else None  # compiled: one batch shape for every call
     reference = None if opts.ref_frame is None else _reference_latent(models, source, boxes, found, opts.ref_frame,
                                                                       pad_to)
