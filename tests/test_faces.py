@@ -9,8 +9,8 @@ import pytest
 
 from lipsync.errors import UserError
 from lipsync.faces import (
-    MASK_TOP, FaceDetector, color_match, crop_faces, face_boxes, fixed_box, lower_face_mask, paste_faces,
-    smooth_boxes, square_boxes,
+    MASK_TOP, FaceDetector, _scale_translate, color_match, crop_faces, face_boxes, fixed_box, lower_face_mask,
+    paste_faces, smooth_boxes, square_boxes,
 )
 from lipsync.video_io import iter_frames
 
@@ -139,6 +139,28 @@ def test_paste_faces(clip_frames, grid_boxes):
     # crop -> paste back unchanged faces: the frame barely moves (geometry of crop and paste agree)
     round_trip = paste_faces(frames, boxes, crops, mask)
     assert np.abs(round_trip.astype(int) - frames).mean() < 0.5
+
+
+@pytest.mark.parametrize("size", [64, 256])  # upscaled and downscaled paste (the box is ~150 px)
+def test_paste_blends_only_the_mask_band_yet_equals_a_whole_box_blend(clip_frames, grid_boxes, size):
+    """paste_faces resamples and blends only the rows the mask covers; the result must match the plain recipe:
+    warp the face and the mask into the whole box rectangle, blend in float, round (within 1 grey level)."""
+    frames = clip_frames["grid_lwbsza.mpg"][:3]
+    boxes = grid_boxes[0][:3] + [[0.3, 0.6, 0.3, 0.6]]  # sub-pixel offsets
+    faces = np.random.default_rng(0).integers(0, 256, (3, size, size, 3), dtype=np.uint8)
+    mask = lower_face_mask(size)
+    expected = np.array(frames, copy=True)
+    for frame, box, face in zip(expected, boxes, faces):
+        x0, y0, x1, y1 = (int(np.floor(box[0])), int(np.floor(box[1])), int(np.ceil(box[2])), int(np.ceil(box[3])))
+        scale = (box[2] - box[0]) / size
+        offset = (box[0] - x0, box[1] - y0)
+        alpha = _scale_translate(mask, scale, offset, (x1 - x0, y1 - y0), cv2.BORDER_CONSTANT)[..., None]
+        warped = _scale_translate(face, scale, offset, (x1 - x0, y1 - y0), cv2.BORDER_REPLICATE)
+        region = frame[y0:y1, x0:x1]
+        region[:] = np.clip(np.rint(region * (1 - alpha) + warped * alpha), 0, 255).astype(np.uint8)
+    pasted = paste_faces(frames, boxes, faces, mask)
+    assert np.abs(pasted.astype(int) - expected).max() <= 1
+    assert (pasted != frames).any()
 
 
 def test_color_match_restores_the_original_statistics(clip_frames, grid_boxes):
