@@ -1,13 +1,14 @@
 """End-to-end inference speed on the GPU: a real clip driven by a real speech track, per-stage breakdown.
 
-    python bench/bench_inference.py --clip CLIP.mp4 --audio SPEECH.wav --work /tmp/bench_inf [--sizes 768 256]
+    python bench/bench_inference.py --clip CLIP.mp4 --audio SPEECH.wav --work /tmp/bench_inf [--sizes 768 256] \
+        [--modes eager graph compile compile+graph] [--ref_frame 0] [--box]
 
 Real-size architectures with random weights: the SD VAE (sd-vae-ft-mse's config), Wav2Vec2-base (default
 config), customized_unet/ (80M). A generator checkpoint with its model card is written for each crop size, the
-models are loaded once (as a long-running service or the training validation would), one warm-up run lets
-cuDNN autotune, then the timed run goes through lipsync.inference.lip_sync exactly as unet_inference.py does.
-Prints frames/s end to end (model loading excluded, audio encoding and both video passes included) and the
-per-stage table last.
+models are loaded once (as a long-running service would), one warm-up run lets cuDNN autotune (and records the
+CUDA graph, or compiles), then the timed run goes through lipsync.inference.lip_sync as unet_inference.py does.
+Prints frames/s end to end (model loading excluded, audio encoding and both video passes included), an output
+check (the first 16 output frames against the first mode's) and the per-stage table last.
 """
 from __future__ import annotations
 
