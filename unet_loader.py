@@ -80,8 +80,9 @@ def main(argv=None):
         print(f"saved {args.ckpt}/ ({count_parameters(unet):,} parameters, in_channels {args.in_channels})")
     if args.load:
         loaded = load_generator(args.ckpt)
+        has_weights = loaded.kind != "diffusers" or any(Path(args.ckpt).glob("diffusion_pytorch_model.*"))
         print(f"{args.ckpt}: {count_parameters(loaded.unet):,} parameters "
-              f"({'weights' if loaded.kind != 'diffusers' or any(Path(args.ckpt).glob('diffusion_pytorch_model.*')) else 'config only, random init'})")
+              f"({'weights' if has_weights else 'config only, random init'})")
 
 
 if __name__ == "__main__":

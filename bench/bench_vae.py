@@ -97,7 +97,8 @@ def main(argv=None):
             rows.append((recipe, size, args.batch, args.batch / encode, args.batch / decode, first, error,
                          torch.cuda.max_memory_allocated() / 2 ** 30))
             print(f"bench_vae: {recipe} {size}px encode {args.batch / encode:.1f} img/s "
-                  f"decode {args.batch / decode:.1f} img/s first call {first:.1f} s max|err| vs fp32 {error:.3f}", flush=True)
+                  f"decode {args.batch / decode:.1f} img/s first call {first:.1f} s max|err| vs fp32 {error:.3f}",
+                  flush=True)
             del vae
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()

@@ -64,7 +64,8 @@ def main(argv=None):
               "--max_steps", str(args.steps), "--val_samples", "4", "--train_samples_per_epoch", "64",
               "--num_workers", "2", "--log_every_n_steps", "1", "--save_top_k", "0"]
     rows = []
-    rc, sec = run([sys.executable, str(ROOT / "unet_syncnet_lightning.py"), *common, "--batch_size", "8"], cwd=work, name="syncnet")
+    rc, sec = run([sys.executable, str(ROOT / "unet_syncnet_lightning.py"), *common, "--batch_size", "8"], cwd=work,
+                  name="syncnet")
     rows.append(("syncnet u", rc, sec))
     syncnet = sorted(glob.glob(str(work / "experiments/latent_syncnet_experiment/version_*/checkpoints/last.ckpt")))
     # an SD-1.5-shaped pipeline folder (unet/ with 4 input channels), as unet_loader.py --extract reads a real one

@@ -69,7 +69,8 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--T", type=int, default=5, help="video frames per window")
     g.add_argument("--train_samples_per_epoch", type=int, default=100_000)
     g.add_argument("--val_samples", type=int, default=1024, help="fixed, seeded validation windows")
-    g.add_argument("--overfit", action="store_true", help="validate on (a fixed sample of) the training videos: can it fit?")
+    g.add_argument("--overfit", action="store_true",
+                   help="validate on (a fixed sample of) the training videos: can it fit?")
     g.add_argument("--num_workers", type=int, default=4)
 
 
