@@ -40,7 +40,7 @@ def main(argv=None) -> dict:
     video = Path(args.output_root) / "results" / "demo.mp4"
     local = Path("results") / "demo.mp4"
     if local.resolve() != video.resolve():
-        from lipsync.preprocess import atomic_path
+        from lipsync.files import atomic_path
 
         local.parent.mkdir(exist_ok=True)
         with atomic_path(local) as tmp:  # never a half-copied demo.mp4

@@ -30,7 +30,7 @@ from models.unet import build_unet  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 MODES = {"eager": {}, "compile": {"compile": True}, "graph": {"cuda_graph": True},
          "compile+graph": {"compile": True, "cuda_graph": True}}
-CHECK_FRAMES = 16  # output frames compared with the eager run's
+CHECK_FRAMES = 16  # output frames compared with the first mode's
 
 
 def first_frame_box(clip) -> tuple[int, int, int, int]:

@@ -6,7 +6,6 @@ Stereo is downmixed by averaging the channels ourselves (libswresample's mono la
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import av
@@ -15,6 +14,7 @@ import soundfile as sf
 import soxr
 
 from lipsync.errors import UserError
+from lipsync.files import atomic_path
 from lipsync.timing import AUDIO_SAMPLE_RATE
 
 
@@ -60,9 +60,5 @@ def write_wav(path, samples: np.ndarray, sample_rate: int = AUDIO_SAMPLE_RATE) -
     """Write PCM16 wav atomically (temp name in the same folder, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         sf.write(str(tmp), np.asarray(samples, dtype=np.float32).T, sample_rate, subtype="PCM_16", format="WAV")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

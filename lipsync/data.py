@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from lipsync import timing
 from lipsync.audio import write_wav
 from lipsync.errors import UserError
+from lipsync.files import atomic_path
 
 DATASET_NAMES = ("lrs2", "hdtf", "3300", "3300_and_hdtf", "all")
 UNION_PARTS = {"3300_and_hdtf": ("3300", "hdtf"), "all": ("lrs2", "3300", "hdtf")}
@@ -225,24 +226,16 @@ def union_filelists(out_dir, parts, command: str | None = None) -> dict[str, lis
 def _write_filelists(out_dir: Path, splits: dict[str, list[str]], how: list[str], command: str | None) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     for split in SPLITS:
-        _atomic_write(out_dir / f"{split}.txt", lambda tmp: tmp.write_text("".join(f"{e}\n" for e in splits[split])))
+        with atomic_path(out_dir / f"{split}.txt") as tmp:
+            tmp.write_text("".join(f"{e}\n" for e in splits[split]))
     readme = ["# Filelists (generated)", "",
               "Made by `lipsync.data` (`make_filelists.py`). One video folder per line, relative to the data root.",
               "The data is not redistributable: regenerate these lists on your own copy.", ""]
     if command:
         readme += ["Command:", "", f"    {command}", ""]
     readme += [*how, "- folders: " + ", ".join(f"{split} {len(splits[split])}" for split in SPLITS), ""]
-    _atomic_write(out_dir / "README.md", lambda tmp: tmp.write_text("\n".join(readme)))
-
-
-def _atomic_write(path: Path, write) -> None:
-    """write(temporary path) then rename, so a reader never sees a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(out_dir / "README.md") as tmp:
+        tmp.write_text("\n".join(readme))
 
 
 # ------------------------------------------------------------------------------------------ video folders
@@ -264,10 +257,13 @@ def write_latent_folder(folder, full, masked, frame_index, features, model_id: s
     tensors = {"full": torch.as_tensor(full).to(torch.float16).contiguous(),  # [N, C, h, w]
                "masked": torch.as_tensor(masked).to(torch.float16).contiguous(),  # [N, C, h, w]
                "frame_index": torch.as_tensor(frame_index, dtype=torch.int64).contiguous()}  # [N]
-    _atomic_write(folder / LATENTS_FILE, lambda tmp: save_file(tensors, str(tmp)))
+    with atomic_path(folder / LATENTS_FILE) as tmp:
+        save_file(tensors, str(tmp))
     audio_dict = dict(features=features, model_id=model_id, hidden_size=features.shape[1], num_samples=num_samples)
-    _atomic_write(folder / FEATURES_FILE, lambda tmp: torch.save(audio_dict, tmp))
-    _atomic_write(folder / META_FILE, lambda tmp: tmp.write_text(json.dumps(meta, indent=1)))
+    with atomic_path(folder / FEATURES_FILE) as tmp:
+        torch.save(audio_dict, tmp)
+    with atomic_path(folder / META_FILE) as tmp:
+        tmp.write_text(json.dumps(meta, indent=1))
     return folder
 
 

@@ -15,7 +15,6 @@ that fails becomes one line of the final summary; the batch goes on.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import itertools
 import json
@@ -40,6 +39,7 @@ from lipsync.audio_encoder import DEFAULT_AUDIO_ENCODER, AudioEncoder
 from lipsync.data import AUDIO_FILE, FEATURES_FILE, LATENTS_FILE, META_FILE  # the dataset format's owner
 from lipsync.errors import UserError
 from lipsync.faces import FaceDetector, crop_faces, face_boxes
+from lipsync.files import atomic_path
 from lipsync.latent_codec import DEFAULT_CODEC, LatentCodec, mask_lower_half, padded_call, uint8_to_model
 from lipsync.video_io import iter_frames, probe_video
 
@@ -84,17 +84,6 @@ def summarize(outcomes: list[Outcome], noun: str) -> str:
                      f"detection pass {100 * detect / seconds:.0f} %)")
     lines += [f"  failed  {o.name}: {o.message}" for o in outcomes if o.status == "failed"]
     return "\n".join(lines)
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a hidden temp path next to `path`; it becomes `path` if the block succeeds and is deleted otherwise."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @functools.lru_cache(maxsize=1)

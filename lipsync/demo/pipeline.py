@@ -451,7 +451,7 @@ def run_demo(output_root, profile: str = "full", seed: int = 0, log=print) -> di
     metrics["seconds"] = stage.total
     metrics["stage_seconds"] = {name: round(seconds, 1) for name, seconds in stage.seconds.items()}
     metrics["profile"], metrics["seed"] = profile, seed
-    from lipsync.preprocess import atomic_path
+    from lipsync.files import atomic_path
 
     with atomic_path(results / "metrics.json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=1) + "\n")
