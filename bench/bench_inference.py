@@ -1,7 +1,7 @@
 """End-to-end inference speed on the GPU: a real clip driven by a real speech track, per-stage breakdown.
 
     python bench/bench_inference.py --clip CLIP.mp4 --audio SPEECH.wav --work /tmp/bench_inf [--sizes 768 256] \
-        [--modes eager graph compile compile+graph] [--ref_frame 0] [--box]
+        [--modes eager graph compile compile+graph] [--ref_frame 0] [--box] [--presets veryfast superfast]
 
 Real-size architectures with random weights: the SD VAE (sd-vae-ft-mse's config), Wav2Vec2-base (default
 config), customized_unet/ (80M). A generator checkpoint with its model card is written for each crop size, the
@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lipsync import model_zoo  # noqa: E402
 from lipsync.checkpoint import encode_model_card  # noqa: E402
 from lipsync.inference import STAGES, lip_sync, load_models  # noqa: E402
+from lipsync.video_io import X264_PRESETS  # noqa: E402
 from models.unet import build_unet  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,6 +78,8 @@ def main(argv=None):
                         "as the reference's baseline was measured")
     p.add_argument("--ref_frame", type=int, default=None,
                    help="one fixed reference face (encoded once): one VAE encode per frame instead of two")
+    p.add_argument("--presets", nargs="*", default=["veryfast"], choices=X264_PRESETS,
+                   help="x264 presets of the output video to compare (lip_sync's --preset)")
     p.add_argument("--switch_interval", type=float, nargs="*", default=[None],
                    help="sys.setswitchinterval values (s) to compare: how long a thread may hold Python's GIL "
                         "before a waiting one gets it (default 0.005)")
@@ -89,46 +92,49 @@ def main(argv=None):
     print(f"face box: {'fixed ' + str(box) if box else 'detected in every frame'}", flush=True)
     for size in args.sizes:
         checkpoint = write_models(work, size)
-        for mode, interval in ((m, i) for m in args.modes for i in args.switch_interval):
-            default_interval = sys.getswitchinterval()
-            if interval is not None:
-                sys.setswitchinterval(interval)
+        for mode in args.modes:
             start = time.perf_counter()
             models = load_models(checkpoint, compile=MODES[mode].get("compile", False))
-            options = dict(batch_size=args.batch_size, progress=False, ref_frame=args.ref_frame, box=box,
-                           cuda_graph=MODES[mode].get("cuda_graph", False))
-            lip_sync(models, args.clip, args.audio, work / f"warmup_{size}.mp4", **options)  # + compile time
-            warm_s = time.perf_counter() - start
-            outputs = []
+            for preset, interval in ((p, i) for p in args.presets for i in args.switch_interval):
+                default_interval = sys.getswitchinterval()
+                if interval is not None:
+                    sys.setswitchinterval(interval)
+                options = dict(batch_size=args.batch_size, progress=False, ref_frame=args.ref_frame, box=box,
+                               cuda_graph=MODES[mode].get("cuda_graph", False), preset=preset)
+                lip_sync(models, args.clip, args.audio, work / f"warmup_{size}.mp4", **options)  # + compile time
+                warm_s = time.perf_counter() - start
+                outputs = []
 
-            def keep(i, src, crop_box, before, after):
-                if i < CHECK_FRAMES:
-                    outputs.append(after)
+                def keep(i, src, crop_box, before, after):
+                    if i < CHECK_FRAMES:
+                        outputs.append(after)
 
-            summary = lip_sync(models, args.clip, args.audio, work / f"out_{size}.mp4", on_frame=keep, **options)
-            summary["load_and_warmup_s"] = warm_s
-            if size not in first_outputs:
-                first_outputs[size] = (mode, np.stack(outputs))
-            ref_mode, ref = first_outputs[size]
-            diff = np.abs(np.stack(outputs).astype(np.int16) - ref)
-            summary["check"] = (f"vs {ref_mode}: first {len(outputs)} frames max |diff| {diff.max()}, "
-                                f"mean {diff.mean():.3f}")
-            sys.setswitchinterval(default_interval)
-            mode = mode if interval is None else f"{mode} si={interval:g}"
-            results[(size, mode)] = summary
-            print(json.dumps(summary), flush=True)
+                summary = lip_sync(models, args.clip, args.audio, work / f"out_{size}.mp4", on_frame=keep, **options)
+                summary["load_and_warmup_s"] = warm_s
+                if size not in first_outputs:
+                    first_outputs[size] = (mode, np.stack(outputs))
+                ref_mode, ref = first_outputs[size]
+                diff = np.abs(np.stack(outputs).astype(np.int16) - ref)
+                summary["check"] = (f"vs {ref_mode}: first {len(outputs)} frames max |diff| {diff.max()}, "
+                                    f"mean {diff.mean():.3f}")
+                sys.setswitchinterval(default_interval)
+                label = mode + (f" {preset}" if len(args.presets) > 1 else "")
+                label += f" si={interval:g}" if interval is not None else ""
+                results[(size, label)] = summary
+                print(json.dumps(summary), flush=True)
+                start = time.perf_counter()
             del models
             torch.cuda.empty_cache()
     fixed = args.ref_frame is not None
     print(f"\nreference face: {f'source frame {args.ref_frame} (fixed)' if fixed else 'each frame'}")
-    print("crop px  mode           frames  seconds  end-to-end frames/s  (load + warm-up s)  output check")
+    print("crop px  mode                     frames  seconds  end-to-end frames/s  (load + warm-up s)  output check")
     for (size, mode), s in results.items():
-        print(f"{size:>7}  {mode:<14} {s['frames']:>6} {s['seconds']:>8.2f} {s['frames'] / s['seconds']:>20.1f}"
+        print(f"{size:>7}  {mode:<24} {s['frames']:>6} {s['seconds']:>8.2f} {s['frames'] / s['seconds']:>20.1f}"
               f"  ({s['load_and_warmup_s']:>5.1f})  {s['check']}")
     print("\nstage frames/s (each stage's own busy time; the three pipeline threads overlap)")
-    print("crop px  mode          " + " ".join(f"{name:>12}" for name in STAGES))
+    print("crop px  mode                    " + " ".join(f"{name:>12}" for name in STAGES))
     for (size, mode), s in results.items():
-        print(f"{size:>7}  {mode:<14}" + " ".join(f"{(s['stages'].get(name, {}).get('fps') or float('nan')):>12.1f}"
+        print(f"{size:>7}  {mode:<24}" + " ".join(f"{(s['stages'].get(name, {}).get('fps') or float('nan')):>12.1f}"
                                                  for name in STAGES))
 
 

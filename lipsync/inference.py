@@ -7,7 +7,9 @@ Streaming, two passes over the face video; the video is never held in memory:
    image_size), encode the masked crop and the reference crop with the codec, run the UNet on the frame's audio
    window, decode, paste ONLY the lower face back through the feathered mask, and encode the frame into the mp4
    (one H.264 encode, the driving audio muxed in the same pass, temp name then rename). On CUDA the
-   encode -> UNet -> decode of a batch is one recorded CUDA graph (`GraphedGeneration`).
+   encode -> UNet -> decode of a batch is one recorded CUDA graph (`GraphedGeneration`). Pass 2 decodes the
+   face video and writes the mp4 in two child processes (`lipsync.video_workers`), so that PyAV does not wait
+   for Python's GIL behind this process's three pipeline threads.
 
 The output lasts as long as the audio (`timing.num_video_frames`, within a frame) at the face video's own fps
 and resolution (divided by --resize_factor); a still image is repeated at `fps`. Frames without a face pass
@@ -43,9 +45,10 @@ from lipsync.faces import (SMOOTH_WINDOW, FaceDetector, color_match, crop_faces,
 from lipsync.latent_codec import (DEFAULT_CODEC, LatentCodec, mask_lower_half, model_to_uint8_tensor, padded_call,
                                   uint8_tensor_to_model, uint8_to_model)
 from lipsync.video_io import (
-    X264_PRESETS, VideoWriter, is_image_path, iter_frames, iter_frames_by_index, pingpong_indices, probe_video,
+    X264_PRESETS, count_frames, is_image_path, iter_frames, iter_frames_by_index, pingpong_indices, probe_video,
     read_image,
 )
+from lipsync.video_workers import VideoWriterProcess, iter_frames_by_index_in_process
 from models.unet import check_unet_config, generate
 
 DEFAULT_OUTFILE = "results/result_voice.mp4"
@@ -219,12 +222,13 @@ class FaceSource:
             return iter([self.still])
         return iter_frames(self.path, target_fps=self.fps, resize_factor=self.resize_factor)
 
-    def frames_at(self, indices: np.ndarray, chunk: int = 48) -> Iterator[np.ndarray]:
-        """Source frames indices[0], indices[1], ... (pass 2), holding at most `chunk` decoded frames."""
+    def frames_at(self, indices: np.ndarray, chunk: int = 48, in_process: bool = False) -> Iterator[np.ndarray]:
+        """Source frames indices[0], indices[1], ... (pass 2), holding at most `chunk` decoded frames; decoded by
+        a child process with `in_process` (pass 2 runs next to other Python threads: `lipsync.video_workers`)."""
         if self.still is not None:
             return (self.still for _ in indices)
-        return iter_frames_by_index(self.path, indices, fps=self.fps, resize_factor=self.resize_factor,
-                                    chunk=chunk)
+        read = iter_frames_by_index_in_process if in_process else iter_frames_by_index
+        return read(self.path, indices, fps=self.fps, resize_factor=self.resize_factor, chunk=chunk)
 
 
 def open_face(face, static: bool, fps: float, resize_factor: int) -> FaceSource:
@@ -326,7 +330,7 @@ def _background(items: Iterable, maxsize: int = 2) -> Iterator:
 def _prepare_batches(source: FaceSource, sources: np.ndarray, boxes: np.ndarray, found: np.ndarray,
                      batch_size: int, image_size: int, timer: StageTimer) -> Iterator[Batch]:
     """CPU side, thread 1: decode the output's source frames and crop each distinct face once per batch."""
-    frames = timer.iterate("video_decode", source.frames_at(sources, chunk=max(48, batch_size)))
+    frames = timer.iterate("video_decode", source.frames_at(sources, chunk=max(48, batch_size), in_process=True))
     for start in range(0, len(sources), batch_size):
         batch_sources = sources[start:start + batch_size]
         batch = Batch(start, batch_sources, [next(frames) for _ in batch_sources],
@@ -441,7 +445,7 @@ class GraphedGeneration:
             return self.faces[:num].cpu().numpy()
 
 
-def _blend_and_write(batches: Iterable[Batch], writer: VideoWriter, boxes: np.ndarray, found: np.ndarray,
+def _blend_and_write(batches: Iterable[Batch], writer: VideoWriterProcess, boxes: np.ndarray, found: np.ndarray,
                      mask: np.ndarray, match_colors: bool, on_frame: FrameCallback | None, bar,
                      timer: StageTimer) -> None:
     """CPU side, thread 3: paste the generated lower faces back (feathered mask) and encode the frames."""
@@ -499,7 +503,11 @@ def lip_sync(checkpoint, face, audio, outfile=DEFAULT_OUTFILE, **options) -> dic
     # whole-video pass, and a 10-minute face video driven by 10 s of speech costs 10 s of detection.
     detector = None if opts.box is not None else FaceDetector()
     needed = max(num_out + SMOOTH_WINDOW // 2, (opts.ref_frame or 0) + 1)
-    frames = source.frames()
+    if detector is None and source.still is None:  # a fixed box needs only the number of frames
+        with timer.stage("video_decode"):
+            frames = range(count_frames(source.path, source.fps, needed))  # stand-ins: face_boxes counts them
+    else:
+        frames = source.frames()
     bar = tqdm(timer.iterate("video_decode", itertools.islice(frames, needed)), desc="detect faces", unit="frame",
                total=1 if source.still is not None else min(source.num_frames, needed),
                disable=None if opts.progress else True, leave=False)
@@ -541,7 +549,7 @@ def lip_sync(checkpoint, face, audio, outfile=DEFAULT_OUTFILE, **options) -> dic
                             batch.faces = graphed(batch.crops, batch.inverse, windows, reference)
             yield batch
 
-    with VideoWriter(outfile, source.fps, source.width, source.height, crf=opts.crf, audio=track,
+    with VideoWriterProcess(outfile, source.fps, source.width, source.height, crf=opts.crf, audio=track,
                      audio_rate=track_rate, preset=opts.preset) as writer, \
             tqdm(total=num_out, desc="lip sync", unit="frame", disable=None if opts.progress else True) as bar:
         # the writer consumes in the main thread; generation runs one batch ahead in its own thread

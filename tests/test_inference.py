@@ -132,6 +132,17 @@ def test_video_keeps_size_and_fps_follows_the_audio_and_pastes_only_the_lower_fa
     _check_encoded_like_hook(outfile, recorder)
 
 
+def test_a_fixed_box_skips_detection_and_ping_pongs_over_every_frame(models, speech, clips_dir, tmp_path):
+    audio = _write_speech(tmp_path / "speech.wav", np.tile(speech, 3), 4.0)  # 100 output frames over the 75
+    recorder = Recorder()
+    summary = lip_sync(models, clips_dir / GRID, audio, tmp_path / "out.mp4", batch_size=8, box=(60, 200, 120, 240),
+                       on_frame=recorder)
+    assert summary["source_frames"] == 75 and summary["faces_found"] == summary["frames"] == 100
+    assert recorder.sources == pingpong_indices(75, 100).tolist()
+    assert len({tuple(box) for box in recorder.boxes}) == 1  # the one fixed box, never smoothed or detected
+    _check_encoded_like_hook(tmp_path / "out.mp4", recorder)
+
+
 def test_30_fps_video_with_stereo_mp3_ping_pongs_when_the_audio_is_longer(models, speech, clips_dir, tmp_path):
     source = list(iter_frames(clips_dir / GRID))[:12]
     face = tmp_path / "face30.mp4"

@@ -10,8 +10,8 @@ import pytest
 
 from lipsync.errors import UserError
 from lipsync.video_io import (
-    VideoWriter, is_image_path, iter_frames, iter_frames_by_index, pingpong_indices, probe_video, read_image,
-    write_video,
+    VideoWriter, count_frames, is_image_path, iter_frames, iter_frames_by_index, pingpong_indices, probe_video,
+    read_image, write_video,
 )
 
 CLIPS = Path(__file__).resolve().parents[1].parent / "shared" / "clips"
@@ -56,6 +56,8 @@ def test_real_clip_probe_and_decode(name):
         assert frame.shape == (height, width, 3) and frame.dtype == np.uint8
         count += 1
     assert count == num_frames
+    assert count_frames(CLIPS / name, target_fps=25) == num_frames
+    assert count_frames(CLIPS / name, target_fps=30, limit=10) == 10
 
 
 def test_resize_factor_halves_the_frames():
@@ -173,3 +175,41 @@ def test_read_image_is_rgb(tmp_path):
     cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
     assert is_image_path(path) and not is_image_path(tmp_path / "clip.mp4")
     np.testing.assert_array_equal(read_image(path), image)
+
+
+def colour_chart() -> np.ndarray:
+    """[96, 128, 3] uint8: smooth hue and brightness ramps (what a face is made of), in 2x2 blocks of one colour."""
+    y, x = np.mgrid[0:48, 0:64] / np.array([47.0, 63.0])[:, None, None]
+    chart = np.stack([x, y, 1 - 0.5 * (x + y)], axis=-1) * 200 + 28
+    return np.repeat(np.repeat(chart.round().astype(np.uint8), 2, axis=0), 2, axis=1)
+
+
+def test_colours_survive_writing_and_reading_and_the_file_says_bt601(tmp_path):
+    chart = colour_chart()
+    write_video(tmp_path / "chart.mp4", [chart] * 3, fps=25, crf=0)
+    back = next(iter_frames(tmp_path / "chart.mp4"))
+    error = np.abs(back.astype(np.float32) - chart)
+    assert error.mean() < 1.0 and error.max() <= 4  # a wrong matrix or channel order is off by tens
+    with av.open(str(tmp_path / "chart.mp4")) as container:
+        frame = next(container.decode(video=0))
+        assert (frame.colorspace, frame.color_range) == (6, 1)  # SMPTE170M (BT.601), limited range
+
+
+def test_frames_tagged_otherwise_are_converted_as_tagged(tmp_path):
+    """BT.709 and full-range video keep FFmpeg's conversion, which reads the tags (OpenCV's assumes BT.601)."""
+    for colorspace, color_range in ((1, 1), (6, 2)):  # BT.709 limited; BT.601 full range
+        path = tmp_path / f"tagged_{colorspace}_{color_range}.mp4"
+        with av.open(str(path), "w") as container:
+            stream = container.add_stream("libx264", rate=25)
+            stream.width, stream.height, stream.pix_fmt = 128, 96, "yuv420p"
+            stream.codec_context.colorspace, stream.codec_context.color_range = colorspace, color_range
+            for i in range(3):
+                frame = av.VideoFrame.from_ndarray(colour_chart(), format="rgb24").reformat(format="yuv420p")
+                frame.pts = i
+                container.mux(stream.encode(frame))
+            container.mux(stream.encode(None))
+        with av.open(str(path)) as container:
+            frame = next(container.decode(video=0))
+            assert (frame.colorspace, frame.color_range) == (colorspace, color_range)
+            expected = frame.to_ndarray(format="rgb24")
+        np.testing.assert_array_equal(next(iter_frames(path)), expected)
