@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import queue
+import subprocess
 import threading
 import time
 from collections import defaultdict
@@ -48,7 +49,7 @@ from lipsync.video_io import (
     X264_PRESETS, count_frames, is_image_path, iter_frames, iter_frames_by_index, pingpong_indices, probe_video,
     read_image,
 )
-from lipsync.video_workers import VideoWriterProcess, iter_frames_by_index_in_process
+from lipsync.video_workers import VideoWriterProcess, iter_frames_by_index_in_process, start_worker, stop_worker
 from models.unet import check_unet_config, generate
 
 DEFAULT_OUTFILE = "results/result_voice.mp4"
@@ -222,13 +223,16 @@ class FaceSource:
             return iter([self.still])
         return iter_frames(self.path, target_fps=self.fps, resize_factor=self.resize_factor)
 
-    def frames_at(self, indices: np.ndarray, chunk: int = 48, in_process: bool = False) -> Iterator[np.ndarray]:
-        """Source frames indices[0], indices[1], ... (pass 2), holding at most `chunk` decoded frames; decoded by
-        a child process with `in_process` (pass 2 runs next to other Python threads: `lipsync.video_workers`)."""
+    def frames_at(self, indices: np.ndarray, chunk: int = 48,
+                  worker: subprocess.Popen | None = None) -> Iterator[np.ndarray]:
+        """Source frames indices[0], indices[1], ... holding at most `chunk` decoded frames; decoded by `worker`
+        (a `video_workers.start_worker("decode")` process) when given: pass 2 runs next to other Python threads."""
         if self.still is not None:
             return (self.still for _ in indices)
-        read = iter_frames_by_index_in_process if in_process else iter_frames_by_index
-        return read(self.path, indices, fps=self.fps, resize_factor=self.resize_factor, chunk=chunk)
+        if worker is not None:
+            return iter_frames_by_index_in_process(self.path, indices, fps=self.fps, resize_factor=self.resize_factor,
+                                                   chunk=chunk, worker=worker)
+        return iter_frames_by_index(self.path, indices, fps=self.fps, resize_factor=self.resize_factor, chunk=chunk)
 
 
 def open_face(face, static: bool, fps: float, resize_factor: int) -> FaceSource:
@@ -328,9 +332,11 @@ def _background(items: Iterable, maxsize: int = 2) -> Iterator:
 
 
 def _prepare_batches(source: FaceSource, sources: np.ndarray, boxes: np.ndarray, found: np.ndarray,
-                     batch_size: int, image_size: int, timer: StageTimer) -> Iterator[Batch]:
-    """CPU side, thread 1: decode the output's source frames and crop each distinct face once per batch."""
-    frames = timer.iterate("video_decode", source.frames_at(sources, chunk=max(48, batch_size), in_process=True))
+                     batch_size: int, image_size: int, timer: StageTimer,
+                     decoder: subprocess.Popen | None) -> Iterator[Batch]:
+    """CPU side, thread 1: the output's source frames, decoded by the `decoder` process (a video's; None for a
+    still), and each distinct face of a batch cropped once."""
+    frames = timer.iterate("video_decode", source.frames_at(sources, chunk=max(48, batch_size), worker=decoder))
     for start in range(0, len(sources), batch_size):
         batch_sources = sources[start:start + batch_size]
         batch = Batch(start, batch_sources, [next(frames) for _ in batch_sources],
@@ -469,6 +475,32 @@ def _blend_and_write(batches: Iterable[Batch], writer: VideoWriterProcess, boxes
         bar.update(len(output))
 
 
+def _pass1_boxes(source: FaceSource, opts: LipSyncOptions, num_out: int,
+                 timer: StageTimer) -> tuple[np.ndarray, np.ndarray]:
+    """Pass 1: crop boxes [N, 4] x1y1x2y2 and found [N] of the source frames the output can show. A video longer
+    than the audio is read only up to frame num_out + SMOOTH_WINDOW // 2: the smoothed boxes of the shown frames
+    are then exactly those of a whole-video pass, and a 10-minute face video driven by 10 s of speech costs 10 s
+    of detection."""
+    detector = None if opts.box is not None else FaceDetector()
+    needed = max(num_out + SMOOTH_WINDOW // 2, (opts.ref_frame or 0) + 1)
+    if detector is None and source.still is None:  # a fixed box needs only the number of frames
+        with timer.stage("video_decode"):
+            frames = range(count_frames(source.path, source.fps, needed))  # stand-ins: face_boxes counts them
+    else:
+        frames = source.frames()
+    bar = tqdm(timer.iterate("video_decode", itertools.islice(frames, needed)), desc="detect faces", unit="frame",
+               total=1 if source.still is not None else min(source.num_frames, needed),
+               disable=None if opts.progress else True, leave=False)
+    with timer.stage("detect"):
+        boxes, found = face_boxes(bar, detector, batch_size=opts.batch_size, pads=opts.pads,
+                                  smooth=not opts.nosmooth and source.still is None, box=opts.box)
+    bar.close()
+    if hasattr(frames, "close"):  # a video decoder stopped early: close its file now
+        frames.close()
+    timer.frames["detect"] = len(boxes)
+    return boxes, found
+
+
 @torch.inference_mode()
 def lip_sync(checkpoint, face, audio, outfile=DEFAULT_OUTFILE, **options) -> dict:
     """Lip-sync `face` (video or image) to `audio` (any file with an audio stream) into `outfile` (mp4).
@@ -489,74 +521,63 @@ def lip_sync(checkpoint, face, audio, outfile=DEFAULT_OUTFILE, **options) -> dic
     if num_out == 0:
         raise UserError(f"{audio} is shorter than one video frame ({len(speech)} samples)")
 
-    if isinstance(checkpoint, LipSyncModels):
-        models = checkpoint
-    else:
-        models = load_models(checkpoint, opts.unet_config, opts.audio_encoder, opts.codec, opts.image_size,
-                             opts.device, opts.compile)
-    timer = StageTimer(models.device)
-    with timer.stage("audio", num_out):
-        features = models.audio_encoder.encode(speech)  # [F, D] at 50 Hz
+    with contextlib.ExitStack() as workers:
+        # pass 2's decoder and writer processes start now: their interpreters load while this one loads the
+        # models and finds the face boxes. An error on the way discards the output (and stops both).
+        decoder = None
+        if source.still is None:
+            decoder = start_worker("decode")
+            workers.callback(stop_worker, decoder)
+        writer = workers.enter_context(VideoWriterProcess(outfile, source.fps, source.width, source.height,
+                                                          crf=opts.crf, audio=track, audio_rate=track_rate,
+                                                          preset=opts.preset))
+        if isinstance(checkpoint, LipSyncModels):
+            models = checkpoint
+        else:
+            models = load_models(checkpoint, opts.unet_config, opts.audio_encoder, opts.codec, opts.image_size,
+                                 opts.device, opts.compile)
+        timer = StageTimer(models.device)
+        with timer.stage("audio", num_out):
+            features = models.audio_encoder.encode(speech)  # [F, D] at 50 Hz
 
-    # pass 1: crop boxes of the source frames the output can show. A video longer than the audio is read only up
-    # to frame num_out + SMOOTH_WINDOW // 2: the smoothed boxes of the shown frames are then exactly those of a
-    # whole-video pass, and a 10-minute face video driven by 10 s of speech costs 10 s of detection.
-    detector = None if opts.box is not None else FaceDetector()
-    needed = max(num_out + SMOOTH_WINDOW // 2, (opts.ref_frame or 0) + 1)
-    if detector is None and source.still is None:  # a fixed box needs only the number of frames
-        with timer.stage("video_decode"):
-            frames = range(count_frames(source.path, source.fps, needed))  # stand-ins: face_boxes counts them
-    else:
-        frames = source.frames()
-    bar = tqdm(timer.iterate("video_decode", itertools.islice(frames, needed)), desc="detect faces", unit="frame",
-               total=1 if source.still is not None else min(source.num_frames, needed),
-               disable=None if opts.progress else True, leave=False)
-    with timer.stage("detect"):
-        boxes, found = face_boxes(bar, detector, batch_size=opts.batch_size, pads=opts.pads,
-                                  smooth=not opts.nosmooth and source.still is None,
-                                  box=opts.box)  # [N, 4] x1y1x2y2, [N] bool
-    bar.close()
-    if hasattr(frames, "close"):  # a video decoder stopped early: close its file now
-        frames.close()
-    timer.frames["detect"] = len(boxes)
-    if not found.any():
-        raise UserError(f"no face found in any of the {len(boxes)} frames of {face} that the output would show")
-    pad_to = opts.batch_size if models.compiled else None  # compiled: one batch shape for every call
-    reference = None if opts.ref_frame is None else _reference_latent(models, source, boxes, found, opts.ref_frame,
-                                                                      pad_to)
+        boxes, found = _pass1_boxes(source, opts, num_out, timer)  # [N, 4] x1y1x2y2, [N] bool
+        if not found.any():
+            raise UserError(f"no face found in any of the {len(boxes)} frames of {face} that the output would show")
+        pad_to = opts.batch_size if models.compiled else None  # compiled: one batch shape for every call
+        reference = None if opts.ref_frame is None else _reference_latent(models, source, boxes, found,
+                                                                          opts.ref_frame, pad_to)
 
-    # pass 2: three threads overlap CPU and GPU work: decode + crop -> codec + UNet (GPU) -> paste + encode
-    sources = pingpong_indices(len(boxes), num_out)  # [n_out] source frame shown by each output frame
-    mask = lower_face_mask(models.image_size)  # [S, S] float32 in crop coordinates
-    timers = [StageTimer(torch.device("cpu")), timer, StageTimer(torch.device("cpu"))]  # one per thread
-    prepared = _background(_prepare_batches(source, sources, boxes, found, opts.batch_size, models.image_size,
-                                            timers[0]))
+        # pass 2: three threads overlap CPU and GPU work: decode + crop -> codec + UNet (GPU) -> paste + encode
+        sources = pingpong_indices(len(boxes), num_out)  # [n_out] source frame shown by each output frame
+        mask = lower_face_mask(models.image_size)  # [S, S] float32 in crop coordinates
+        timers = [StageTimer(torch.device("cpu")), timer, StageTimer(torch.device("cpu"))]  # one per thread
+        prepared = _background(_prepare_batches(source, sources, boxes, found, opts.batch_size, models.image_size,
+                                                timers[0], decoder))
 
-    graphed = None
-    if opts.cuda_graph and models.device.type == "cuda":
-        with timer.stage("generate"):  # recording (and compiling, with --compile) is charged to the stage
-            graphed = GraphedGeneration.for_models(models, opts.batch_size, features.shape[1], reference is not None)
+        graphed = None
+        if opts.cuda_graph and models.device.type == "cuda":
+            with timer.stage("generate"):  # recording (and compiling, with --compile) is charged to the stage
+                graphed = GraphedGeneration.for_models(models, opts.batch_size, features.shape[1],
+                                                       reference is not None)
 
-    def generated():
-        for batch in prepared:
-            if batch.rows.size:
-                windows = timing.generator_audio_windows(features, batch.start + batch.rows, fps=source.fps)
-                with torch.inference_mode():  # grad mode is per thread
-                    if graphed is None:
-                        _generate_faces(models, batch, windows, reference, timer, pad_to)  # windows [F, 10, D]
-                    else:
-                        with timer.stage("generate", len(batch.rows)):
-                            batch.faces = graphed(batch.crops, batch.inverse, windows, reference)
-            yield batch
+        def generated():
+            for batch in prepared:
+                if batch.rows.size:
+                    windows = timing.generator_audio_windows(features, batch.start + batch.rows, fps=source.fps)
+                    with torch.inference_mode():  # grad mode is per thread
+                        if graphed is None:
+                            _generate_faces(models, batch, windows, reference, timer, pad_to)  # windows [F, 10, D]
+                        else:
+                            with timer.stage("generate", len(batch.rows)):
+                                batch.faces = graphed(batch.crops, batch.inverse, windows, reference)
+                yield batch
 
-    with VideoWriterProcess(outfile, source.fps, source.width, source.height, crf=opts.crf, audio=track,
-                     audio_rate=track_rate, preset=opts.preset) as writer, \
-            tqdm(total=num_out, desc="lip sync", unit="frame", disable=None if opts.progress else True) as bar:
-        # the writer consumes in the main thread; generation runs one batch ahead in its own thread
-        _blend_and_write(_background(generated()), writer, boxes, found, mask, opts.color_match, opts.on_frame,
-                         bar, timers[2])
-    for other in (timers[0], timers[2]):
-        timer.merge(other)
+        with tqdm(total=num_out, desc="lip sync", unit="frame", disable=None if opts.progress else True) as bar:
+            # the writer consumes in the main thread; generation runs one batch ahead in its own thread
+            _blend_and_write(_background(generated()), writer, boxes, found, mask, opts.color_match, opts.on_frame,
+                             bar, timers[2])
+        for other in (timers[0], timers[2]):
+            timer.merge(other)
 
     faces_found = int(found[sources].sum())
     # source_frames: frames of the face input read (all of them when the output ping-pongs over them)

@@ -322,7 +322,7 @@ class VideoWriter:
 
     Frames go to a hidden temp file next to `path` (`.name.tmp.mp4`) that is renamed to `path` only when the
     writer closes cleanly; leaving the `with` block by an exception deletes it, so a half-written video never
-    exists under the final name. The parent folder is created.
+    exists under the final name. The parent folder is created (and removed again with a discarded video).
 
     Video: frame n has pts n in time base 1 / fps (a Fraction: 29.97 stays exact), so the output rate is exact.
     yuv420p needs even sizes: an odd width or height is padded by replicating the last column / row (the output
@@ -339,6 +339,8 @@ class VideoWriter:
         self.width, self.height = width, height
         self._rate = _as_fraction(fps)
         self._frames_written = 0
+        # folders made for the output go again with a discarded one: a failed run leaves nothing behind
+        self._made_folders = [p for p in (self.path.parent, *self.path.parent.parents) if not p.exists()]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = temp_video_path(self.path)
         self._container = av.open(str(self._tmp), "w")
@@ -430,6 +432,9 @@ class VideoWriter:
                 self._container.close()
             self._container = None
         self._tmp.unlink(missing_ok=True)
+        for folder in self._made_folders:  # deepest first
+            with contextlib.suppress(OSError):  # not empty (someone else wrote there meanwhile)
+                folder.rmdir()
 
 
 def write_video(path, frames: Iterable[np.ndarray], fps: float, audio: np.ndarray | None = None,

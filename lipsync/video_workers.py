@@ -103,15 +103,17 @@ def _error_text(payload: bytes) -> str:
     return payload[_LENGTH.size:_LENGTH.size + length].decode(errors="replace")
 
 
-def _start_child(role: str) -> subprocess.Popen:
+def start_worker(role: str) -> subprocess.Popen:
+    """A `python -m lipsync.video_workers ROLE` child, started now and given its work later: its interpreter and
+    imports take ~0.15 s on a fast core (~0.5 s on a GPU host's slower ones), time a caller can overlap."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [_PACKAGE_ROOT, os.environ.get("PYTHONPATH")])))
     # stderr is kept: a child that dies without reporting (killed, out of memory) is told by its exit status
     return subprocess.Popen([sys.executable, "-m", "lipsync.video_workers", role], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, bufsize=0, env=env)
 
 
-def _stop_child(child: subprocess.Popen) -> int:
-    """Close our ends of its pipes, wait for it (kill it if it hangs); its exit status."""
+def stop_worker(child: subprocess.Popen) -> int:
+    """(Any number of times.) Close our ends of its pipes, wait for it (kill it if it hangs); its exit status."""
     for pipe in (child.stdin, child.stdout):
         with contextlib.suppress(OSError):
             pipe.close()
@@ -124,16 +126,17 @@ def _stop_child(child: subprocess.Popen) -> int:
 
 # ----------------------------------------------------------------------------------------------------- decoding
 def iter_frames_by_index_in_process(path, indices, fps: float | None = None, resize_factor: int = 1,
-                                    chunk: int = 48) -> Iterator[np.ndarray]:
+                                    chunk: int = 48, worker: subprocess.Popen | None = None) -> Iterator[np.ndarray]:
     """`video_io.iter_frames_by_index` (same arguments, same frames, RGB uint8 [H, W, 3]) decoded by a child
-    process, which runs ahead of the consumer by what the pipe holds. Closing the generator stops the child.
+    process (`worker`, from start_worker("decode"), or a new one), which runs ahead of the consumer by what the
+    pipe holds. Closing the generator stops the child.
     The child first sends the frames' shape, then each frame as one message: type byte + H * W * 3 bytes."""
     indices = np.asarray(indices, dtype=np.int64)
     if indices.size and indices.min() < 0:
         raise ValueError("frame indices must be >= 0")
     if not indices.size:
         return
-    child = _start_child("decode")
+    child = worker or start_worker("decode")
     stdin, stdout = child.stdin.fileno(), child.stdout.fileno()
     kind = bytearray(1)
     try:
@@ -152,7 +155,7 @@ def iter_frames_by_index_in_process(path, indices, fps: float | None = None, res
     except (EOFError, BrokenPipeError):
         raise UserError(f"the decoder process for {path} ended unexpectedly (exit status {child.poll()})") from None
     finally:
-        _stop_child(child)
+        stop_worker(child)
 
 
 def _check_message(fd: int, kind: bytearray, expected: bytes, got: int, payload) -> None:
@@ -188,7 +191,7 @@ class VideoWriterProcess:
                  audio_rate: int = 16000, preset: str = "medium"):
         self.path, self.width, self.height = Path(path), width, height
         samples = None if audio is None else np.ascontiguousarray(np.asarray(audio, dtype=np.float32))
-        self._child = _start_child("write")
+        self._child = start_worker("write")
         self._stdin, self._stdout = self._child.stdin.fileno(), self._child.stdout.fileno()
         _grow_pipe(self._stdin, width * height * 3 + 1)
         header = {"path": str(self.path), "fps": float(fps), "width": width, "height": height, "crf": crf,
@@ -242,7 +245,7 @@ class VideoWriterProcess:
             self._stop()
 
     def _stop(self) -> int:
-        status = _stop_child(self._child)
+        status = stop_worker(self._child)
         self._child = None
         with contextlib.suppress(OSError):
             temp_video_path(self.path).unlink(missing_ok=True)  # a killed child left it

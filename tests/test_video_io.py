@@ -114,7 +114,7 @@ def test_writer_pads_odd_sizes_by_replication(tmp_path):
 
 
 def test_writer_leaves_nothing_on_exception(tmp_path):
-    path = tmp_path / "out.mp4"
+    path = tmp_path / "new" / "folders" / "out.mp4"  # made for the output, removed with it
     with pytest.raises(RuntimeError):
         with VideoWriter(path, 25, 64, 48) as writer:
             writer.write(np.zeros((48, 64, 3), dtype=np.uint8))
