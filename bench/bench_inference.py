@@ -131,6 +131,9 @@ def main(argv=None):
     for (size, mode), s in results.items():
         print(f"{size:>7}  {mode:<24} {s['frames']:>6} {s['seconds']:>8.2f} {s['frames'] / s['seconds']:>20.1f}"
               f"  ({s['load_and_warmup_s']:>5.1f})  {s['check']}")
+    print("\nsteps, wall seconds (lip_sync's summary['phases'])")
+    for (size, mode), s in results.items():
+        print(f"{size:>7}  {mode:<24}" + ", ".join(f"{name} {sec:.3f}" for name, sec in s["phases"].items()))
     print("\nstage frames/s (each stage's own busy time; the three pipeline threads overlap)")
     print("crop px  mode                    " + " ".join(f"{name:>12}" for name in STAGES))
     for (size, mode), s in results.items():

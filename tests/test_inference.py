@@ -116,6 +116,9 @@ def test_video_keeps_size_and_fps_follows_the_audio_and_pastes_only_the_lower_fa
     assert _audio_seconds(outfile) == pytest.approx(2.0, abs=0.03)
     assert summary["faces_found"] == info.num_frames and summary["frames_without_face"] == 0
     assert set(summary["stages"]) >= {"video_decode", "detect", "vae_encode", "unet", "vae_decode", "blend", "write"}
+    assert list(summary["phases"]) == ["inputs", "models_and_audio", "boxes", "reference_and_graph",
+                                       "generate_and_write", "finish"]
+    assert sum(summary["phases"].values()) == pytest.approx(summary["seconds"], abs=0.01)
     assert recorder.sources == list(range(info.num_frames))  # audio shorter than the video: the video is cut
 
     source_frames = list(iter_frames(clips_dir / GRID))
