@@ -1,18 +1,21 @@
 """End-to-end inference speed on the GPU: a real clip driven by a real speech track, per-stage breakdown.
 
-    python bench/bench_inference.py --clip CLIP.mp4 --audio SPEECH.wav --work /tmp/bench_inf [--sizes 768 256] \
-        [--modes eager graph compile compile+graph] [--ref_frame 0] [--box] [--presets veryfast superfast]
+    python bench/bench_inference.py --clip CLIP.mp4 --audio SPEECH.wav [LONGER.wav] --work /tmp/bench_inf \
+        [--sizes 768 256] [--modes eager graph compile compile+graph] [--ref_frame 0] [--box] \
+        [--presets veryfast superfast]
 
 Real-size architectures with random weights: the SD VAE (sd-vae-ft-mse's config), Wav2Vec2-base (default
 config), customized_unet/ (80M). A generator checkpoint with its model card is written for each crop size, the
 models are loaded once (as a long-running service would), one warm-up run lets cuDNN autotune (and records the
-CUDA graph, or compiles), then the timed run goes through lipsync.inference.lip_sync as unet_inference.py does.
-Prints frames/s end to end (model loading excluded, audio encoding and both video passes included), an output
-check (the first 16 output frames against the first mode's) and the per-stage table last.
+CUDA graph, or compiles, and collects the first 16 output frames), then the timed run goes through
+lipsync.inference.lip_sync as unet_inference.py does. Prints frames/s end to end (model loading excluded, audio
+encoding and both video passes included), an output check (the warm-up's first 16 output frames against the
+first mode's), each step's wall time and the per-stage table last.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -67,7 +70,7 @@ def write_models(work: Path, image_size: int) -> Path:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--clip", required=True)
-    p.add_argument("--audio", required=True)
+    p.add_argument("--audio", nargs="+", required=True, help="speech tracks, each timed with the same models")
     p.add_argument("--work", required=True)
     p.add_argument("--sizes", nargs="*", type=int, default=[768, 256])
     p.add_argument("--batch_size", type=int, default=16)
@@ -95,31 +98,34 @@ def main(argv=None):
         for mode in args.modes:
             start = time.perf_counter()
             models = load_models(checkpoint, compile=MODES[mode].get("compile", False))
-            for preset, interval in ((p, i) for p in args.presets for i in args.switch_interval):
+            for audio, preset, interval in itertools.product(args.audio, args.presets, args.switch_interval):
                 default_interval = sys.getswitchinterval()
                 if interval is not None:
                     sys.setswitchinterval(interval)
                 options = dict(batch_size=args.batch_size, progress=False, ref_frame=args.ref_frame, box=box,
                                cuda_graph=MODES[mode].get("cuda_graph", False), preset=preset)
-                lip_sync(models, args.clip, args.audio, work / f"warmup_{size}.mp4", **options)  # + compile time
-                warm_s = time.perf_counter() - start
                 outputs = []
 
                 def keep(i, src, crop_box, before, after):
                     if i < CHECK_FRAMES:
                         outputs.append(after)
 
-                summary = lip_sync(models, args.clip, args.audio, work / f"out_{size}.mp4", on_frame=keep, **options)
+                # the warm-up run (+ compile time) gives the output check: with an on_frame callback lip_sync pastes
+                # in its own thread instead of the writer process, so the timed run has none
+                lip_sync(models, args.clip, audio, work / f"warmup_{size}.mp4", on_frame=keep, **options)
+                warm_s = time.perf_counter() - start
+                summary = lip_sync(models, args.clip, audio, work / f"out_{size}.mp4", **options)
                 summary["load_and_warmup_s"] = warm_s
-                if size not in first_outputs:
-                    first_outputs[size] = (mode, np.stack(outputs))
-                ref_mode, ref = first_outputs[size]
+                if (size, audio) not in first_outputs:  # Wav2Vec2 sees the whole track: compare the same audio
+                    first_outputs[(size, audio)] = (mode, np.stack(outputs))
+                ref_mode, ref = first_outputs[(size, audio)]
                 diff = np.abs(np.stack(outputs).astype(np.int16) - ref)
                 summary["check"] = (f"vs {ref_mode}: first {len(outputs)} frames max |diff| {diff.max()}, "
                                     f"mean {diff.mean():.3f}")
                 sys.setswitchinterval(default_interval)
                 label = mode + (f" {preset}" if len(args.presets) > 1 else "")
                 label += f" si={interval:g}" if interval is not None else ""
+                label += f" {summary['frames']}fr" if len(args.audio) > 1 else ""
                 results[(size, label)] = summary
                 print(json.dumps(summary), flush=True)
                 start = time.perf_counter()

@@ -13,8 +13,6 @@ from typing import Iterable, Iterator
 
 import cv2
 import numpy as np
-import onnxruntime as ort
-from retinaface.weights import WEIGHTS
 
 from lipsync.errors import UserError
 
@@ -41,6 +39,9 @@ class FaceDetector:
     """
 
     def __init__(self, detect_size: int = 480, score_threshold: float = 0.6, providers: list[str] | None = None):
+        import onnxruntime as ort  # here, not at import: the video writer process pastes faces without a detector
+        from retinaface.weights import WEIGHTS
+
         self.detect_size = detect_size
         self.score_threshold = score_threshold
         if providers is None:
