@@ -110,8 +110,7 @@ def main(argv=None):
                     if i < CHECK_FRAMES:
                         outputs.append(after)
 
-                # the warm-up run (+ compile time) gives the output check: with an on_frame callback lip_sync pastes
-                # in its own thread instead of the writer process, so the timed run has none
+                # the warm-up run (+ compile time) collects the output check; the timed run has no callback
                 lip_sync(models, args.clip, audio, work / f"warmup_{size}.mp4", on_frame=keep, **options)
                 warm_s = time.perf_counter() - start
                 summary = lip_sync(models, args.clip, audio, work / f"out_{size}.mp4", **options)

@@ -8,8 +8,8 @@ Streaming, two passes over the face video; the video is never held in memory:
    window, decode, paste ONLY the lower face back through the feathered mask, and encode the frame into the mp4
    (one H.264 encode, the driving audio muxed in the same pass, temp name then rename). On CUDA the
    encode -> UNet -> decode of a batch is one recorded CUDA graph (`GraphedGeneration`). Pass 2 decodes the
-   face video, and pastes and writes the output, in two child processes (`lipsync.video_workers`), so that PyAV
-   and the paste do not wait for Python's GIL behind this process's three pipeline threads.
+   face video and writes the mp4 in two child processes (`lipsync.video_workers`), so that PyAV does not wait
+   for Python's GIL behind this process's three pipeline threads.
 
 The output lasts as long as the audio (`timing.num_video_frames`, within a frame) at the face video's own fps
 and resolution (divided by --resize_factor); a still image is repeated at `fps`. Frames without a face pass
@@ -454,26 +454,14 @@ class GraphedGeneration:
 def _blend_and_write(batches: Iterable[Batch], writer: VideoWriterProcess, boxes: np.ndarray, found: np.ndarray,
                      mask: np.ndarray, match_colors: bool, on_frame: FrameCallback | None, bar,
                      timer: StageTimer) -> None:
-    """CPU side, thread 3: paste the generated lower faces back (feathered mask) and encode the frames. The writer
-    process pastes (`write_pasted`), unless `on_frame` must see the output frames: then this thread does."""
+    """CPU side, thread 3: paste the generated lower faces back (feathered mask) and encode the frames."""
     for batch in batches:
-        faces = batch.faces  # [F, S, S, 3] for the rows with a face
-        if batch.rows.size and match_colors:
-            with timer.stage("blend", len(batch.rows)):
-                faces = color_match(faces, batch.crops[batch.inverse], mask)
-        if on_frame is None:
-            with timer.stage("write", len(batch.frames)):
-                face_of_row = dict(zip(batch.rows.tolist(), range(len(batch.rows))))
-                for row, frame in enumerate(batch.frames):
-                    if row in face_of_row:
-                        writer.write_pasted(frame, faces[face_of_row[row]], boxes[batch.sources[row]])
-                    else:
-                        writer.write(frame)
-            bar.update(len(batch.frames))
-            continue
         output = list(batch.frames)
         if batch.rows.size:
             with timer.stage("blend", len(batch.rows)):
+                faces = batch.faces
+                if match_colors:
+                    faces = color_match(faces, batch.crops[batch.inverse], mask)
                 pasted = paste_faces([batch.frames[r] for r in batch.rows], boxes[batch.sources[batch.rows]],
                                      faces, mask)
                 for row, frame in zip(batch.rows, pasted):
@@ -481,8 +469,9 @@ def _blend_and_write(batches: Iterable[Batch], writer: VideoWriterProcess, boxes
         with timer.stage("write", len(output)):
             for frame in output:
                 writer.write(frame)
-        for row, (src, before, after) in enumerate(zip(batch.sources, batch.frames, output)):
-            on_frame(batch.start + row, int(src), boxes[src] if found[src] else None, before, after)
+        if on_frame is not None:
+            for row, (src, before, after) in enumerate(zip(batch.sources, batch.frames, output)):
+                on_frame(batch.start + row, int(src), boxes[src] if found[src] else None, before, after)
         bar.update(len(output))
 
 
@@ -544,19 +533,15 @@ def lip_sync(checkpoint, face, audio, outfile=DEFAULT_OUTFILE, **options) -> dic
         if source.still is None:
             decoder = start_worker("decode")
             workers.callback(stop_worker, decoder)
-        writer_process = start_worker("write")
-        workers.callback(stop_worker, writer_process)
+        writer = workers.enter_context(VideoWriterProcess(outfile, source.fps, source.width, source.height,
+                                                          crf=opts.crf, audio=track, audio_rate=track_rate,
+                                                          preset=opts.preset))
         phase_done("inputs")  # face probe, audio decode, worker processes started
         if isinstance(checkpoint, LipSyncModels):
             models = checkpoint
         else:
             models = load_models(checkpoint, opts.unet_config, opts.audio_encoder, opts.codec, opts.image_size,
                                  opts.device, opts.compile)
-        mask = lower_face_mask(models.image_size)  # [S, S] float32 in crop coordinates
-        writer = workers.enter_context(VideoWriterProcess(outfile, source.fps, source.width, source.height,
-                                                          crf=opts.crf, audio=track, audio_rate=track_rate,
-                                                          preset=opts.preset, paste_mask=mask,
-                                                          worker=writer_process))
         timer = StageTimer(models.device)
         with timer.stage("audio", num_out):
             features = models.audio_encoder.encode(speech)  # [F, D] at 50 Hz
@@ -572,6 +557,7 @@ def lip_sync(checkpoint, face, audio, outfile=DEFAULT_OUTFILE, **options) -> dic
 
         # pass 2: three threads overlap CPU and GPU work: decode + crop -> codec + UNet (GPU) -> paste + encode
         sources = pingpong_indices(len(boxes), num_out)  # [n_out] source frame shown by each output frame
+        mask = lower_face_mask(models.image_size)  # [S, S] float32 in crop coordinates
         timers = [StageTimer(torch.device("cpu")), timer, StageTimer(torch.device("cpu"))]  # one per thread
         prepared = _background(_prepare_batches(source, sources, boxes, found, opts.batch_size, models.image_size,
                                                 timers[0], decoder))

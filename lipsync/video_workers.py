@@ -8,9 +8,8 @@ RGB frames through a pipe (about one system call per frame), which releases the 
 kernel, not in Python.
 
     frames = iter_frames_by_index_in_process(path, indices, fps=25.0)   # same frames as iter_frames_by_index
-    with VideoWriterProcess(path, fps, width, height, audio=..., preset="veryfast", paste_mask=mask) as writer:
-        writer.write(frame)                    # as VideoWriter
-        writer.write_pasted(frame, face, box)  # faces.paste_faces in the child, then written
+    with VideoWriterProcess(path, fps, width, height, audio=..., preset="veryfast") as writer:  # as VideoWriter
+        writer.write(frame)
 
 The children run `python -m lipsync.video_workers decode|write` and speak a small framed protocol on their
 stdin / stdout: a JSON header, then messages of one type byte (+ payload). Errors in a child come back as the
@@ -30,13 +29,11 @@ from typing import BinaryIO, Iterator
 import numpy as np
 
 from lipsync.errors import UserError
-from lipsync.faces import paste_faces
 from lipsync.video_io import VideoWriter, iter_frames_by_index, temp_video_path
 
-_FRAME, _PASTE, _SHAPE_MESSAGE, _END, _ERROR = b"F", b"P", b"S", b"E", b"X"  # message types
+_FRAME, _SHAPE_MESSAGE, _END, _ERROR = b"F", b"S", b"E", b"X"  # message types
 _SHAPE = struct.Struct("<II")  # height, width of the RGB frame that follows a decoded-frame message
 _LENGTH = struct.Struct("<I")  # byte length of a header or an error message
-_BOX = struct.Struct("<4d")  # x1 y1 x2 y2 of the square crop box a face is pasted into
 _F_SETPIPE_SZ = 1031  # fcntl: grow a Linux pipe's buffer (64 KiB by default) so a frame moves in one syscall
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])
 _STOP_TIMEOUT_S = 10.0  # a child that does not exit this long after its input ended is killed
@@ -191,26 +188,19 @@ class VideoWriterProcess:
     Leaving the `with` block by an exception discards the output; errors of the child are one-line UserErrors."""
 
     def __init__(self, path, fps: float, width: int, height: int, crf: int = 18, audio: np.ndarray | None = None,
-                 audio_rate: int = 16000, preset: str = "medium", paste_mask: np.ndarray | None = None,
-                 worker: subprocess.Popen | None = None):
-        """paste_mask: the [S, S] float blend mask of `faces.paste_faces`, for `write_pasted`. worker: a process
-        from start_worker("write") started earlier (default: a new one)."""
+                 audio_rate: int = 16000, preset: str = "medium"):
         self.path, self.width, self.height = Path(path), width, height
         samples = None if audio is None else np.ascontiguousarray(np.asarray(audio, dtype=np.float32))
-        self._mask = None if paste_mask is None else np.ascontiguousarray(paste_mask, dtype=np.float32)
-        self._child = worker or start_worker("write")
+        self._child = start_worker("write")
         self._stdin, self._stdout = self._child.stdin.fileno(), self._child.stdout.fileno()
-        face_bytes = 0 if self._mask is None else self._mask.size * 3
-        _grow_pipe(self._stdin, 1 + _BOX.size + width * height * 3 + face_bytes)
+        _grow_pipe(self._stdin, width * height * 3 + 1)
         header = {"path": str(self.path), "fps": float(fps), "width": width, "height": height, "crf": crf,
                   "preset": preset, "audio_rate": audio_rate,
-                  "audio_shape": None if samples is None else list(samples.shape),
-                  "mask_size": None if self._mask is None else self._mask.shape[0]}
+                  "audio_shape": None if samples is None else list(samples.shape)}
         try:
             _send_header(self._stdin, header)
-            for array in (samples, self._mask):
-                if array is not None:
-                    _write_all(self._stdin, array)
+            if samples is not None:
+                _write_all(self._stdin, samples)
         except BrokenPipeError:
             self._fail()
 
@@ -231,21 +221,6 @@ class VideoWriterProcess:
         try:
             _write_all(self._stdin, _FRAME, np.ascontiguousarray(frame))
         except BrokenPipeError:  # the child stopped: its own error says why
-            self._fail()
-
-    def write_pasted(self, frame: np.ndarray, face: np.ndarray, box: np.ndarray) -> None:
-        """Append `faces.paste_faces` of one frame (RGB uint8 [height, width, 3]), generated face (uint8 [S, S, 3])
-        and square box [4] x1y1x2y2 through the paste_mask, pasted in the child: this process only copies the
-        three into the pipe (the paste is the CPU stage that bounded inference at 256 px)."""
-        if self._mask is None:
-            raise ValueError("write_pasted needs a VideoWriterProcess made with a paste_mask")
-        if frame.shape != (self.height, self.width, 3) or face.shape != (*self._mask.shape, 3):
-            raise ValueError(f"expected a frame of shape {(self.height, self.width, 3)} and a face of shape "
-                             f"{(*self._mask.shape, 3)}, got {frame.shape} and {face.shape}")
-        try:
-            _write_all(self._stdin, _PASTE, _BOX.pack(*np.asarray(box, dtype=np.float64)),
-                       np.ascontiguousarray(frame, dtype=np.uint8), np.ascontiguousarray(face, dtype=np.uint8))
-        except BrokenPipeError:
             self._fail()
 
     def close(self) -> None:
@@ -296,13 +271,6 @@ def _serve_write(stdin: int, stdout: int) -> None:
         audio = np.empty(header["audio_shape"], dtype=np.float32)
         if _read_into(stdin, audio) < audio.nbytes:
             raise EOFError
-    mask = None
-    if header["mask_size"] is not None:
-        mask = np.empty((header["mask_size"],) * 2, dtype=np.float32)
-        if _read_into(stdin, mask) < mask.nbytes:
-            raise EOFError
-        face = np.empty((*mask.shape, 3), dtype=np.uint8)
-        box = bytearray(_BOX.size)
     height, width = header["height"], header["width"]
     frame = np.empty((height, width, 3), dtype=np.uint8)  # reused: VideoWriter.write copies it into x264's frame
     try:
@@ -312,16 +280,9 @@ def _serve_write(stdin: int, stdout: int) -> None:
                 kind = _read_exact(stdin, 1)  # EOFError (the parent gave up): the writer discards
                 if kind == _END:
                     break
-                if kind == _FRAME:
-                    if _read_into(stdin, frame) < frame.nbytes:
-                        raise EOFError
-                    writer.write(frame)
-                elif kind == _PASTE and mask is not None:
-                    if _read_into(stdin, box, frame, face) < len(box) + frame.nbytes + face.nbytes:
-                        raise EOFError
-                    writer.write(paste_faces(frame[None], np.array([_BOX.unpack(box)]), face[None], mask)[0])
-                else:
+                if kind != _FRAME or _read_into(stdin, frame) < frame.nbytes:
                     raise EOFError
+                writer.write(frame)
     except EOFError:
         return
     except Exception as err:  # noqa: BLE001 - whatever stopped the writer goes back to the parent as one line

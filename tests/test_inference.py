@@ -146,17 +146,6 @@ def test_a_fixed_box_skips_detection_and_ping_pongs_over_every_frame(models, spe
     _check_encoded_like_hook(tmp_path / "out.mp4", recorder)
 
 
-def test_the_writer_process_pastes_exactly_as_this_process_does(models, speech, clips_dir, tmp_path):
-    """Without an on_frame callback the writer process pastes; with one, lip_sync's own thread does."""
-    audio = _write_speech(tmp_path / "speech.wav", speech, 1.0)
-    lip_sync(models, clips_dir / GRID, audio, tmp_path / "child.mp4", batch_size=8)
-    lip_sync(models, clips_dir / GRID, audio, tmp_path / "here.mp4", batch_size=8, on_frame=Recorder())
-    child, here = list(iter_frames(tmp_path / "child.mp4")), list(iter_frames(tmp_path / "here.mp4"))
-    assert len(child) == len(here) == 25
-    for a, b in zip(child, here):
-        np.testing.assert_array_equal(a, b)
-
-
 def test_30_fps_video_with_stereo_mp3_ping_pongs_when_the_audio_is_longer(models, speech, clips_dir, tmp_path):
     source = list(iter_frames(clips_dir / GRID))[:12]
     face = tmp_path / "face30.mp4"

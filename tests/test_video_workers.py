@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from lipsync.errors import UserError
-from lipsync.faces import lower_face_mask, paste_faces
 from lipsync.video_io import VideoWriter, iter_frames, iter_frames_by_index, pingpong_indices
 from lipsync.video_workers import VideoWriterProcess, iter_frames_by_index_in_process
 
@@ -101,26 +100,3 @@ def test_an_unwritable_output_is_a_one_line_error(tmp_path):
                 writer.write(np.zeros((48, 64, 3), dtype=np.uint8))
     assert "\n" not in str(err.value)
     assert [p.name for p in tmp_path.iterdir()] == ["file"]
-
-
-def test_a_face_pasted_in_the_writer_process_gives_the_same_video(tmp_path):
-    rng = np.random.default_rng(1)
-    frames = [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(6)]
-    faces = [rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(6)]
-    boxes = np.array([[10.5 + i, 4.0, 40.5 + i, 34.0] for i in range(6)])
-    mask = lower_face_mask(16)
-    with VideoWriter(tmp_path / "here.mp4", 25, 64, 48, preset="veryfast") as writer:
-        for frame, face, box in zip(frames, faces, boxes):
-            writer.write(paste_faces(frame[None], box[None], face[None], mask)[0])
-    with VideoWriterProcess(tmp_path / "there.mp4", 25, 64, 48, preset="veryfast", paste_mask=mask) as writer:
-        for i, (frame, face, box) in enumerate(zip(frames, faces, boxes)):
-            if i == 3:
-                writer.write(paste_faces(frame[None], box[None], face[None], mask)[0])  # both kinds mix
-            else:
-                writer.write_pasted(frame, face, box)
-        with pytest.raises(ValueError):
-            writer.write_pasted(frames[0], faces[0][:8], boxes[0])
-    here, there = list(iter_frames(tmp_path / "here.mp4")), list(iter_frames(tmp_path / "there.mp4"))
-    assert len(there) == 6
-    for a, b in zip(here, there):
-        np.testing.assert_array_equal(a, b)
