@@ -24,7 +24,7 @@ import struct
 import subprocess
 import sys
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import Iterator
 
 import numpy as np
 
@@ -107,7 +107,8 @@ def start_worker(role: str) -> subprocess.Popen:
     """A `python -m lipsync.video_workers ROLE` child, started now and given its work later: its interpreter and
     imports take ~0.15 s on a fast core (~0.5 s on a GPU host's slower ones), time a caller can overlap."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [_PACKAGE_ROOT, os.environ.get("PYTHONPATH")])))
-    # stderr is kept: a child that dies without reporting (killed, out of memory) is told by its exit status
+    # stderr dropped (FFmpeg's messages would cut into the parent's progress bars): a child that dies without
+    # reporting (killed, out of memory) is told by its exit status
     return subprocess.Popen([sys.executable, "-m", "lipsync.video_workers", role], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, bufsize=0, env=env)
 
