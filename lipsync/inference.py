@@ -507,7 +507,7 @@ def lip_sync(checkpoint, face, audio, outfile=DEFAULT_OUTFILE, **options) -> dic
 
     checkpoint: a generator checkpoint of any kind `lipsync.checkpoint` reads, or LipSyncModels from
     `load_models` (then the model options are ignored). options: the fields of LipSyncOptions.
-    Returns the run summary (frame counts, faces found, seconds / frames / fps per stage).
+    Returns the run summary (frame counts, faces found, wall seconds per step, seconds / frames / fps per stage).
     """
     opts = LipSyncOptions(**options)
     _check_options(opts)
