@@ -213,3 +213,14 @@ def test_frames_tagged_otherwise_are_converted_as_tagged(tmp_path):
             assert (frame.colorspace, frame.color_range) == (colorspace, color_range)
             expected = frame.to_ndarray(format="rgb24")
         np.testing.assert_array_equal(next(iter_frames(path)), expected)
+
+
+@pytest.mark.parametrize("preset", ["ultrafast", "medium"])  # medium writes B-frames (reordered packets)
+def test_count_frames_of_a_written_mp4_counts_packets_like_decoding(tmp_path, preset):
+    path = tmp_path / "count.mp4"
+    with VideoWriter(path, 25, 64, 48, preset=preset) as writer:
+        for frame in moving_square(37):
+            writer.write(frame[:48, :64])
+    assert count_frames(path) == sum(1 for _ in iter_frames(path)) == 37
+    assert count_frames(path, limit=5) == 5
+    assert count_frames(path, target_fps=50) == 74  # resampled: decoded and counted by timestamps
