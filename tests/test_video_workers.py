@@ -1,6 +1,7 @@
 """lipsync.video_workers: decoding and writing in child processes give what video_io gives in process."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import av
@@ -15,12 +16,14 @@ CLIPS = Path(__file__).resolve().parents[1].parent / "shared" / "clips"
 
 
 def worker_processes() -> int:
-    """Running `python -m lipsync.video_workers` children of any process (Linux /proc)."""
+    """Running `python -m lipsync.video_workers` children of this process (Linux /proc; other processes' workers,
+    e.g. of a test run next to this one, are not counted)."""
     count = 0
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+    for proc in Path("/proc").glob("[0-9]*"):
         try:
-            count += b"lipsync.video_workers" in cmdline.read_bytes()
-        except OSError:  # the process ended meanwhile
+            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])  # field 4, after "(comm)"
+            count += parent == os.getpid() and b"lipsync.video_workers" in (proc / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):  # the process ended meanwhile
             pass
     return count
 
