@@ -41,8 +41,8 @@ from lipsync.audio import decode_audio, load_audio
 from lipsync.audio_encoder import DEFAULT_AUDIO_ENCODER, AudioEncoder
 from lipsync.checkpoint import load_generator
 from lipsync.errors import UserError
-from lipsync.faces import (SMOOTH_WINDOW, FaceDetector, color_match, crop_boxes, crop_faces, fixed_box,
-                           lower_face_mask, paste_faces)
+from lipsync.faces import (SMOOTH_WINDOW, FaceDetector, color_match, crop_faces, face_boxes, lower_face_mask,
+                           paste_faces)
 from lipsync.latent_codec import (DEFAULT_CODEC, LatentCodec, mask_lower_half, model_to_uint8_tensor, padded_call,
                                   uint8_tensor_to_model, uint8_to_model)
 from lipsync.video_io import (
@@ -289,7 +289,6 @@ class Batch:
     start: int  # output index of the first frame
     sources: np.ndarray  # [B] source frame shown by each output frame
     frames: list  # B x [H, W, 3] uint8 RGB input frames
-    boxes: np.ndarray  # [B, 4] x1y1x2y2 crop box of each frame's source (NaN without a face)
     rows: np.ndarray  # [F] rows of the batch with a face
     crops: np.ndarray | None = None  # [U, S, S, 3] uint8: each distinct source face of the rows, cropped once
     inverse: np.ndarray | None = None  # [F] index into crops of each row
@@ -332,22 +331,22 @@ def _background(items: Iterable, maxsize: int = 2) -> Iterator:
         thread.join()
 
 
-def _prepare_batches(source: FaceSource, sources: np.ndarray, face_boxes: FaceBoxes, batch_size: int,
-                     image_size: int, timer: StageTimer, decoder: subprocess.Popen | None) -> Iterator[Batch]:
+def _prepare_batches(source: FaceSource, sources: np.ndarray, boxes: np.ndarray, found: np.ndarray,
+                     batch_size: int, image_size: int, timer: StageTimer,
+                     decoder: subprocess.Popen | None) -> Iterator[Batch]:
     """CPU side, thread 1: the output's source frames, decoded by the `decoder` process (a video's; None for a
-    still), their crop boxes (waiting for detection when it is behind) and each distinct face of a batch cropped
-    once."""
+    still), and each distinct face of a batch cropped once."""
     frames = timer.iterate("video_decode", source.frames_at(sources, chunk=max(48, batch_size), worker=decoder))
     for start in range(0, len(sources), batch_size):
         batch_sources = sources[start:start + batch_size]
-        boxes, found = face_boxes.upto(int(batch_sources.max()))
-        batch = Batch(start, batch_sources, [next(frames) for _ in batch_sources], boxes[batch_sources],
+        batch = Batch(start, batch_sources, [next(frames) for _ in batch_sources],
                       np.flatnonzero(found[batch_sources]))
         if batch.rows.size:
             # a still image or a ping-pong turn repeats source frames: crop and encode each once
-            _, first, batch.inverse = np.unique(batch_sources[batch.rows], return_index=True, return_inverse=True)
+            row_sources = batch_sources[batch.rows]
+            _, first, batch.inverse = np.unique(row_sources, return_index=True, return_inverse=True)
             with timer.stage("crop", len(first)):
-                batch.crops = crop_faces([batch.frames[batch.rows[i]] for i in first], batch.boxes[batch.rows[first]],
+                batch.crops = crop_faces([batch.frames[batch.rows[i]] for i in first], boxes[row_sources[first]],
                                          image_size)  # [U, S, S, 3]
         yield batch
 
@@ -452,8 +451,9 @@ class GraphedGeneration:
             return self.faces[:num].cpu().numpy()
 
 
-def _blend_and_write(batches: Iterable[Batch], writer: VideoWriterProcess, mask: np.ndarray, match_colors: bool,
-                     on_frame: FrameCallback | None, bar, timer: StageTimer) -> None:
+def _blend_and_write(batches: Iterable[Batch], writer: VideoWriterProcess, boxes: np.ndarray, found: np.ndarray,
+                     mask: np.ndarray, match_colors: bool, on_frame: FrameCallback | None, bar,
+                     timer: StageTimer) -> None:
     """CPU side, thread 3: paste the generated lower faces back (feathered mask) and encode the frames."""
     for batch in batches:
         output = list(batch.frames)
@@ -462,95 +462,43 @@ def _blend_and_write(batches: Iterable[Batch], writer: VideoWriterProcess, mask:
                 faces = batch.faces
                 if match_colors:
                     faces = color_match(faces, batch.crops[batch.inverse], mask)
-                pasted = paste_faces([batch.frames[r] for r in batch.rows], batch.boxes[batch.rows], faces, mask)
+                pasted = paste_faces([batch.frames[r] for r in batch.rows], boxes[batch.sources[batch.rows]],
+                                     faces, mask)
                 for row, frame in zip(batch.rows, pasted):
                     output[row] = frame
         with timer.stage("write", len(output)):
             for frame in output:
                 writer.write(frame)
         if on_frame is not None:
-            with_face = set(batch.rows.tolist())
             for row, (src, before, after) in enumerate(zip(batch.sources, batch.frames, output)):
-                on_frame(batch.start + row, int(src), batch.boxes[row] if row in with_face else None, before, after)
+                on_frame(batch.start + row, int(src), boxes[src] if found[src] else None, before, after)
         bar.update(len(output))
 
 
-class FaceBoxes:
-    """Pass 1: the crop boxes of source frames 0..n-1 (`faces.crop_boxes` of the detector's boxes), available as
-    they are found. A fixed --box or a still image is complete at once; a video's faces are detected by a
-    background thread (frames from their own decoder process) WHILE pass 2 generates, which waits in `upto(i)`
-    only until rows 0..i are final (smoothing reads SMOOTH_WINDOW // 2 rows ahead). Detection sees each source
-    frame once; the boxes equal a whole-video `faces.face_boxes` pass."""
-
-    def __init__(self, raw: np.ndarray, pads, smooth: bool):
-        self.num_frames = len(raw)
-        self._raw = raw  # [n, 4] detector boxes (NaN: no face), filled up to row self._known
-        self._known = len(raw)
-        self._pads, self._smooth = pads, smooth
-        self._error: BaseException | None = None
-        self._changed = threading.Condition()
-
-    @classmethod
-    def detect_in_background(cls, frames: Iterator[np.ndarray], num_frames: int, detector: FaceDetector,
-                             batch_size: int, pads, smooth: bool, timer: StageTimer) -> "FaceBoxes":
-        boxes = cls(np.full((num_frames, 4), np.nan, dtype=np.float32), pads, smooth)
-        boxes._known = 0
-        threading.Thread(target=boxes._detect, args=(frames, detector, batch_size, timer), daemon=True).start()
-        return boxes
-
-    def _detect(self, frames, detector: FaceDetector, batch_size: int, timer: StageTimer) -> None:
-        try:
-            frames = timer.iterate("video_decode", frames)
-            while batch := list(itertools.islice(frames, batch_size)):
-                with timer.stage("detect", len(batch)):
-                    found = detector.detect(np.stack(batch))  # [B, 4]
-                with self._changed:
-                    self._raw[self._known:self._known + len(found)] = found
-                    self._known += len(found)
-                    self._changed.notify_all()
-        except BaseException as err:  # handed to whoever waits for boxes
-            with self._changed:
-                self._error = err
-                self._changed.notify_all()
-
-    def upto(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """(crop boxes [n, 4] x1y1x2y2, found [n] bool) whose rows 0..i are final; later rows may be NaN / False
-        until detected."""
-        needed = min(i + 1 + (SMOOTH_WINDOW // 2 if self._smooth else 0), self.num_frames)
-        with self._changed:
-            self._changed.wait_for(lambda: self._known >= needed or self._error is not None)
-            if self._error is not None:
-                raise self._error
-            known, raw = self._known, self._raw[:self._known].copy()
-        boxes = np.full((self.num_frames, 4), np.nan, dtype=np.float32)
-        found = np.zeros(self.num_frames, dtype=bool)
-        boxes[:known], found[:known] = crop_boxes(raw, self._pads, smooth=self._smooth)
-        return boxes, found
-
-    def all(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.upto(self.num_frames - 1)
-
-
-def _pass1_boxes(source: FaceSource, opts: LipSyncOptions, num_out: int, timer: StageTimer,
-                 worker: subprocess.Popen | None) -> FaceBoxes:
-    """Pass 1: the crop boxes of the source frames the output can show. A video longer than the audio is read
-    only up to frame num_out + SMOOTH_WINDOW // 2: the smoothed boxes of the shown frames are then exactly those
-    of a whole-video pass, and a 10-minute face video driven by 10 s of speech costs 10 s of detection. worker:
-    the decoder process of the detection (a video without --box)."""
-    if source.still is not None:
-        with timer.stage("detect", 1):
-            raw = fixed_box(opts.box, 1) if opts.box is not None else FaceDetector().detect(source.still[None])
-        return FaceBoxes(raw, opts.pads, smooth=False)
+def _pass1_boxes(source: FaceSource, opts: LipSyncOptions, num_out: int,
+                 timer: StageTimer) -> tuple[np.ndarray, np.ndarray]:
+    """Pass 1: crop boxes [N, 4] x1y1x2y2 and found [N] of the source frames the output can show. A video longer
+    than the audio is read only up to frame num_out + SMOOTH_WINDOW // 2: the smoothed boxes of the shown frames
+    are then exactly those of a whole-video pass, and a 10-minute face video driven by 10 s of speech costs 10 s
+    of detection."""
+    detector = None if opts.box is not None else FaceDetector()
     needed = max(num_out + SMOOTH_WINDOW // 2, (opts.ref_frame or 0) + 1)
-    with timer.stage("video_decode"):
-        num_frames = count_frames(source.path, source.fps, needed)
-    if num_frames == 0:
-        raise UserError(f"{source.path} has no frames")
-    if opts.box is not None:
-        return FaceBoxes(fixed_box(opts.box, num_frames), opts.pads, smooth=False)
-    frames = source.frames_at(np.arange(num_frames), worker=worker)
-    return FaceBoxes.detect_in_background(frames, num_frames, FaceDetector(), opts.batch_size, opts.pads,
-                                          not opts.nosmooth, timer)
+    if detector is None and source.still is None:  # a fixed box needs only the number of frames
+        with timer.stage("video_decode"):
+            frames = range(count_frames(source.path, source.fps, needed))  # stand-ins: face_boxes counts them
+    else:
+        frames = source.frames()
+    bar = tqdm(timer.iterate("video_decode", itertools.islice(frames, needed)), desc="detect faces", unit="frame",
+               total=1 if source.still is not None else min(source.num_frames, needed),
+               disable=None if opts.progress else True, leave=False)
+    with timer.stage("detect"):
+        boxes, found = face_boxes(bar, detector, batch_size=opts.batch_size, pads=opts.pads,
+                                  smooth=not opts.nosmooth and source.still is None, box=opts.box)
+    bar.close()
+    if hasattr(frames, "close"):  # a video decoder stopped early: close its file now
+        frames.close()
+    timer.frames["detect"] = len(boxes)
+    return boxes, found
 
 
 @torch.inference_mode()
@@ -579,15 +527,12 @@ def lip_sync(checkpoint, face, audio, outfile=DEFAULT_OUTFILE, **options) -> dic
         raise UserError(f"{audio} is shorter than one video frame ({len(speech)} samples)")
 
     with contextlib.ExitStack() as workers:
-        # the decoder and writer processes start now (and the detection's decoder, for a video without --box):
-        # their interpreters load while this one loads the models. An error on the way discards the output.
-        decoder = detection_decoder = None
+        # pass 2's decoder and writer processes start now: their interpreters load while this one loads the
+        # models and finds the face boxes. An error on the way discards the output (and stops both).
+        decoder = None
         if source.still is None:
             decoder = start_worker("decode")
             workers.callback(stop_worker, decoder)
-            if opts.box is None:
-                detection_decoder = start_worker("decode")
-                workers.callback(stop_worker, detection_decoder)
         writer = workers.enter_context(VideoWriterProcess(outfile, source.fps, source.width, source.height,
                                                           crf=opts.crf, audio=track, audio_rate=track_rate,
                                                           preset=opts.preset))
@@ -600,22 +545,21 @@ def lip_sync(checkpoint, face, audio, outfile=DEFAULT_OUTFILE, **options) -> dic
         timer = StageTimer(models.device)
         with timer.stage("audio", num_out):
             features = models.audio_encoder.encode(speech)  # [F, D] at 50 Hz
-        phase_done("models_and_audio")
 
-        # pass 1 (face boxes) runs in a thread next to pass 2, which waits only for the boxes it needs
-        timers = [StageTimer(torch.device("cpu")), timer, StageTimer(torch.device("cpu")),
-                  StageTimer(torch.device("cpu"))]  # one per thread: prepare, generate, paste + write, detect
-        face_boxes = _pass1_boxes(source, opts, num_out, timers[3], detection_decoder)
+        phase_done("models_and_audio")
+        boxes, found = _pass1_boxes(source, opts, num_out, timer)  # [N, 4] x1y1x2y2, [N] bool
+        phase_done("boxes")
+        if not found.any():
+            raise UserError(f"no face found in any of the {len(boxes)} frames of {face} that the output would show")
         pad_to = opts.batch_size if models.compiled else None  # compiled: one batch shape for every call
-        reference = None
-        if opts.ref_frame is not None:
-            reference = _reference_latent(models, source, *face_boxes.upto(opts.ref_frame), opts.ref_frame, pad_to)
-        phase_done("boxes_and_reference")  # detection goes on in its thread
+        reference = None if opts.ref_frame is None else _reference_latent(models, source, boxes, found,
+                                                                          opts.ref_frame, pad_to)
 
         # pass 2: three threads overlap CPU and GPU work: decode + crop -> codec + UNet (GPU) -> paste + encode
-        sources = pingpong_indices(face_boxes.num_frames, num_out)  # [n_out] source frame of each output frame
+        sources = pingpong_indices(len(boxes), num_out)  # [n_out] source frame shown by each output frame
         mask = lower_face_mask(models.image_size)  # [S, S] float32 in crop coordinates
-        prepared = _background(_prepare_batches(source, sources, face_boxes, opts.batch_size, models.image_size,
+        timers = [StageTimer(torch.device("cpu")), timer, StageTimer(torch.device("cpu"))]  # one per thread
+        prepared = _background(_prepare_batches(source, sources, boxes, found, opts.batch_size, models.image_size,
                                                 timers[0], decoder))
 
         graphed = None
@@ -636,18 +580,15 @@ def lip_sync(checkpoint, face, audio, outfile=DEFAULT_OUTFILE, **options) -> dic
                                 batch.faces = graphed(batch.crops, batch.inverse, windows, reference)
                 yield batch
 
-        phase_done("graph")
+        phase_done("reference_and_graph")
         with tqdm(total=num_out, desc="lip sync", unit="frame", disable=None if opts.progress else True) as bar:
             # the writer consumes in the main thread; generation runs one batch ahead in its own thread
-            _blend_and_write(_background(generated()), writer, mask, opts.color_match, opts.on_frame, bar, timers[2])
-        boxes, found = face_boxes.all()
-        if not found.any():  # raised inside the `with`: the output is discarded
-            raise UserError(f"no face found in any of the {len(boxes)} frames of {face} that the output would show")
-        for other in (timers[0], timers[2], timers[3]):
+            _blend_and_write(_background(generated()), writer, boxes, found, mask, opts.color_match, opts.on_frame,
+                             bar, timers[2])
+        for other in (timers[0], timers[2]):
             timer.merge(other)
-        timer.frames["detect"] = len(boxes)
         phase_done("generate_and_write")
-    phase_done("finish")  # the writer flushes x264 and closes the file; the workers stop
+    phase_done("finish")  # the writer flushes x264 and closes the file; both workers stop
 
     faces_found = int(found[sources].sum())
     # source_frames: frames of the face input read (all of them when the output ping-pongs over them)

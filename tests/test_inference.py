@@ -116,7 +116,7 @@ def test_video_keeps_size_and_fps_follows_the_audio_and_pastes_only_the_lower_fa
     assert _audio_seconds(outfile) == pytest.approx(2.0, abs=0.03)
     assert summary["faces_found"] == info.num_frames and summary["frames_without_face"] == 0
     assert set(summary["stages"]) >= {"video_decode", "detect", "vae_encode", "unet", "vae_decode", "blend", "write"}
-    assert list(summary["phases"]) == ["inputs", "models_and_audio", "boxes_and_reference", "graph",
+    assert list(summary["phases"]) == ["inputs", "models_and_audio", "boxes", "reference_and_graph",
                                        "generate_and_write", "finish"]
     assert sum(summary["phases"].values()) == pytest.approx(summary["seconds"], abs=0.01)
     assert recorder.sources == list(range(info.num_frames))  # audio shorter than the video: the video is cut
@@ -255,40 +255,6 @@ def test_a_video_longer_than_the_audio_is_read_only_as_far_as_the_output_needs(m
                               pads=LipSyncOptions().pads)
     assert len(whole) == 75 and found.all()
     np.testing.assert_allclose(np.stack(recorder.boxes), whole[:25], atol=0.01)  # detector batches differ at the end
-
-
-def test_streamed_boxes_are_final_as_soon_as_their_smoothing_window_is_detected(clips_dir):
-    """FaceBoxes.upto(i) returns while detection is still behind the end, and rows 0..i then equal a whole-video
-    face_boxes pass; an error of the frame source reaches the waiting caller."""
-    import time
-
-    from lipsync.inference import FaceBoxes, StageTimer
-
-    frames = list(iter_frames(clips_dir / GRID))
-    whole, found = face_boxes(frames, FaceDetector(), batch_size=8, pads=(0, 10, 0, 0))
-
-    def slowly(items, fail_at=None):
-        for k, item in enumerate(items):
-            if k == fail_at:
-                raise UserError("the decoder stopped")
-            time.sleep(0.02)  # detection stays behind: 75 frames take >= 1.5 s
-            yield item
-
-    boxes = FaceBoxes.detect_in_background(slowly(frames), len(frames), FaceDetector(), 8, (0, 10, 0, 0), True,
-                                           StageTimer(torch.device("cpu")))
-    for i in (0, 9, 40):
-        got, got_found = boxes.upto(i)
-        assert not got_found[-1]  # the end of the clip is not detected yet: upto did not wait for it
-        np.testing.assert_allclose(got[:i + 1], whole[:i + 1], atol=0.01)
-        assert got_found[:i + 1].all()
-    got, got_found = boxes.all()
-    np.testing.assert_allclose(got, whole, atol=0.01)
-    assert (got_found == found).all()
-
-    failing = FaceBoxes.detect_in_background(slowly(frames, fail_at=20), len(frames), FaceDetector(), 8,
-                                             (0, 10, 0, 0), True, StageTimer(torch.device("cpu")))
-    with pytest.raises(UserError, match="the decoder stopped"):
-        failing.upto(30)
 
 
 BAD_INPUTS = {  # case: (checkpoint, face, audio, what the message says); None = the good one
