@@ -513,9 +513,12 @@ def lip_sync(checkpoint, face, audio, outfile=DEFAULT_OUTFILE, **options) -> dic
     _check_options(opts)
     started = time.perf_counter()
     phases: dict[str, float] = {}  # wall seconds of each step, in order (what a short clip's time goes to)
+    last_step_end = [started]
 
     def phase_done(name: str) -> None:
-        phases[name] = round(time.perf_counter() - started - sum(phases.values()), 3)
+        now = time.perf_counter()
+        phases[name] = round(now - last_step_end[0], 3)
+        last_step_end[0] = now
 
     source = open_face(face, opts.static, opts.fps, opts.resize_factor)
     speech = load_audio(audio)  # float32 [S] 16 kHz mono: what the audio encoder hears
