@@ -154,6 +154,13 @@ def face_boxes(frames: Iterable[np.ndarray], detector: FaceDetector | None, batc
     else:
         raw = np.concatenate([detector.detect(batch) for batch in _batches(frames, batch_size)] or
                              [np.zeros((0, 4), dtype=np.float32)])
+    return crop_boxes(raw, pads, margin, smooth)
+
+
+def crop_boxes(raw: np.ndarray, pads=(0, 0, 0, 0), margin: float = 0.15,
+               smooth: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Detector (or fixed) boxes [N, 4], NaN rows without a face -> (square crop boxes [N, 4], found [N]): the
+    second half of `face_boxes`, for a caller that already has the raw boxes."""
     found = np.isfinite(raw).all(axis=1)
     if smooth:
         raw = smooth_boxes(raw)

@@ -41,8 +41,8 @@ from lipsync.audio import decode_audio, load_audio
 from lipsync.audio_encoder import DEFAULT_AUDIO_ENCODER, AudioEncoder
 from lipsync.checkpoint import load_generator
 from lipsync.errors import UserError
-from lipsync.faces import (SMOOTH_WINDOW, FaceDetector, color_match, crop_faces, face_boxes, lower_face_mask,
-                           paste_faces)
+from lipsync.faces import (SMOOTH_WINDOW, FaceDetector, color_match, crop_boxes, crop_faces, face_boxes,
+                           fixed_box, lower_face_mask, paste_faces)
 from lipsync.latent_codec import (DEFAULT_CODEC, LatentCodec, mask_lower_half, model_to_uint8_tensor, padded_call,
                                   uint8_tensor_to_model, uint8_to_model)
 from lipsync.video_io import (
@@ -481,13 +481,14 @@ def _pass1_boxes(source: FaceSource, opts: LipSyncOptions, num_out: int,
     than the audio is read only up to frame num_out + SMOOTH_WINDOW // 2: the smoothed boxes of the shown frames
     are then exactly those of a whole-video pass, and a 10-minute face video driven by 10 s of speech costs 10 s
     of detection."""
-    detector = None if opts.box is not None else FaceDetector()
     needed = max(num_out + SMOOTH_WINDOW // 2, (opts.ref_frame or 0) + 1)
-    if detector is None and source.still is None:  # a fixed box needs only the number of frames
+    if opts.box is not None and source.still is None:  # a fixed box needs only the number of frames
         with timer.stage("video_decode"):
-            frames = range(count_frames(source.path, source.fps, needed))  # stand-ins: face_boxes counts them
-    else:
-        frames = source.frames()
+            num_frames = count_frames(source.path, source.fps, needed)
+        with timer.stage("detect", num_frames):
+            return crop_boxes(fixed_box(opts.box, num_frames), opts.pads, smooth=False)  # constant: nothing to smooth
+    detector = None if opts.box is not None else FaceDetector()
+    frames = source.frames()
     bar = tqdm(timer.iterate("video_decode", itertools.islice(frames, needed)), desc="detect faces", unit="frame",
                total=1 if source.still is not None else min(source.num_frames, needed),
                disable=None if opts.progress else True, leave=False)

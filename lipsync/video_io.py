@@ -323,6 +323,12 @@ def temp_video_path(path: Path) -> Path:
     return path.with_name(f".{path.stem}.tmp{path.suffix}")
 
 
+def check_frame(frame: np.ndarray, width: int, height: int) -> None:
+    """ValueError unless `frame` is what a writer of that size takes: RGB uint8 [height, width, 3]."""
+    if frame.shape != (height, width, 3) or frame.dtype != np.uint8:
+        raise ValueError(f"expected uint8 frame of shape {(height, width, 3)}, got {frame.dtype} {frame.shape}")
+
+
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 
 
@@ -390,9 +396,7 @@ class VideoWriter:
 
     def write(self, frame: np.ndarray) -> None:
         """Append one RGB uint8 [height, width, 3] frame."""
-        if frame.shape != (self.height, self.width, 3) or frame.dtype != np.uint8:
-            raise ValueError(f"expected uint8 frame of shape {(self.height, self.width, 3)}, "
-                             f"got {frame.dtype} {frame.shape}")
+        check_frame(frame, self.width, self.height)
         pad = ((0, self.height % 2), (0, self.width % 2), (0, 0))
         if any(p[1] for p in pad):
             frame = np.pad(frame, pad, mode="edge")

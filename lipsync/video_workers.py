@@ -29,7 +29,7 @@ from typing import Iterator
 import numpy as np
 
 from lipsync.errors import UserError
-from lipsync.video_io import VideoWriter, iter_frames_by_index, temp_video_path
+from lipsync.video_io import VideoWriter, check_frame, iter_frames_by_index, temp_video_path
 
 _FRAME, _SHAPE_MESSAGE, _END, _ERROR = b"F", b"S", b"E", b"X"  # message types
 _SHAPE = struct.Struct("<II")  # height, width of the RGB frame that follows a decoded-frame message
@@ -216,9 +216,7 @@ class VideoWriterProcess:
 
     def write(self, frame: np.ndarray) -> None:
         """Append one RGB uint8 [height, width, 3] frame."""
-        if frame.shape != (self.height, self.width, 3) or frame.dtype != np.uint8:
-            raise ValueError(f"expected uint8 frame of shape {(self.height, self.width, 3)}, "
-                             f"got {frame.dtype} {frame.shape}")
+        check_frame(frame, self.width, self.height)
         try:
             _write_all(self._stdin, _FRAME, np.ascontiguousarray(frame))
         except BrokenPipeError:  # the child stopped: its own error says why
