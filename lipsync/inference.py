@@ -475,8 +475,8 @@ def _blend_and_write(batches: Iterable[Batch], writer: VideoWriterProcess, boxes
         bar.update(len(output))
 
 
-def _pass1_boxes(source: FaceSource, opts: LipSyncOptions, num_out: int,
-                 timer: StageTimer) -> tuple[np.ndarray, np.ndarray]:
+def _pass1_boxes(source: FaceSource, opts: LipSyncOptions, num_out: int, timer: StageTimer,
+                 device: torch.device) -> tuple[np.ndarray, np.ndarray]:
     """Pass 1: crop boxes [N, 4] x1y1x2y2 and found [N] of the source frames the output can show. A video longer
     than the audio is read only up to frame num_out + SMOOTH_WINDOW // 2: the smoothed boxes of the shown frames
     are then exactly those of a whole-video pass, and a 10-minute face video driven by 10 s of speech costs 10 s
@@ -487,7 +487,7 @@ def _pass1_boxes(source: FaceSource, opts: LipSyncOptions, num_out: int,
             num_frames = count_frames(source.path, source.fps, needed)
         with timer.stage("detect", num_frames):
             return crop_boxes(fixed_box(opts.box, num_frames), opts.pads, smooth=False)  # constant: nothing to smooth
-    detector = None if opts.box is not None else FaceDetector()
+    detector = None if opts.box is not None else FaceDetector(device=device)  # on the models' GPU
     frames = source.frames()
     bar = tqdm(timer.iterate("video_decode", itertools.islice(frames, needed)), desc="detect faces", unit="frame",
                total=1 if source.still is not None else min(source.num_frames, needed),
@@ -551,7 +551,7 @@ def lip_sync(checkpoint, face, audio, outfile=DEFAULT_OUTFILE, **options) -> dic
             features = models.audio_encoder.encode(speech)  # [F, D] at 50 Hz
 
         phase_done("models_and_audio")
-        boxes, found = _pass1_boxes(source, opts, num_out, timer)  # [N, 4] x1y1x2y2, [N] bool
+        boxes, found = _pass1_boxes(source, opts, num_out, timer, models.device)  # [N, 4] x1y1x2y2, [N] bool
         phase_done("boxes")
         if not found.any():
             raise UserError(f"no face found in any of the {len(boxes)} frames of {face} that the output would show")

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
-import onnxruntime as ort
 import torch
 import torch.multiprocessing as mp
 from safetensors.torch import save as safetensors_bytes
@@ -162,13 +161,6 @@ def _batches(items: Iterable, size: int) -> Iterator[list]:
         yield batch
 
 
-def _detector_providers(device: torch.device) -> list:
-    """onnxruntime providers for the detector of a worker on `device` (its own GPU when ORT has CUDA)."""
-    if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-        return [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
-
-
 class VideoPreprocessor:
     """Loads the codec and the detector once, then turns videos into dataset folders (`__call__`)."""
 
@@ -184,7 +176,7 @@ class VideoPreprocessor:
             self.codec.compile()
         self.latent_size = self.codec.latent_size(settings.image_size)
         self.detector = None if settings.box else FaceDetector(
-            settings.detect_size, providers=_detector_providers(self.device))
+            settings.detect_size, device=self.device)
 
     def __call__(self, job: VideoJob) -> Outcome:
         return _attempt(job.name, lambda: self.process(job))

@@ -174,3 +174,15 @@ def test_color_match_restores_the_original_statistics(clip_frames, grid_boxes):
     error_before = np.abs(tinted.astype(int) - crop)[:, inside].mean()
     error_after = np.abs(matched.astype(int) - crop)[:, inside].mean()
     assert error_after < 0.25 * error_before
+
+
+def test_torch_runtime_detects_the_same_boxes(clip_frames, detector):
+    """The GPU path (the ONNX graph run by torch), here on the CPU: the same boxes as onnxruntime."""
+    torch_detector = FaceDetector(runtime="torch")
+    for name, frames in clip_frames.items():
+        batch = np.concatenate([frames[:6], np.full_like(frames[:1], 128)])  # + a frame without a face
+        expected = detector.detect(batch)
+        np.testing.assert_allclose(torch_detector.detect(batch), expected, atol=0.05)
+        assert np.isnan(expected[-1]).all()
+    with pytest.raises(ValueError, match="onnxruntime on the CPU"):
+        FaceDetector(device="cuda", runtime="onnxruntime")
