@@ -6,7 +6,7 @@ Random weights with sd-vae-ft-mse's published config (what lipsync.model_zoo.vae
 most of the work of preprocessing (two encodes per frame) and of inference at 768 px (encode + decode), so
 each recipe is checked against the plain fp32 result (max abs error of the decoded image in [-1, 1], which
 must stay within bf16 tolerance) and timed after warm-up. --profile prints the top CUDA kernels of one
-decode of the first recipe. Prints one table row per (recipe, size) last.
+decode of each recipe at the first size. Prints one table row per (recipe, size) last.
 """
 from __future__ import annotations
 
@@ -19,8 +19,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lipsync import model_zoo  # noqa: E402
+from lipsync.latent_codec import use_subpixel_upsampling  # noqa: E402
 
-RECIPES = ("fp32", "eager_bf16", "cl_bf16", "compile_bf16", "compile_cl_bf16")
+RECIPES = ("fp32", "eager_bf16", "cl_bf16", "compile_bf16", "compile_cl_bf16", "subpixel_bf16", "subpixel_cl_bf16",
+           "compile_subpixel_bf16")
 
 
 def build(recipe: str, state: dict):
@@ -30,6 +32,8 @@ def build(recipe: str, state: dict):
     vae.load_state_dict(state)
     dtype = torch.float32 if recipe == "fp32" else torch.bfloat16
     vae = vae.to("cuda", dtype).eval().requires_grad_(False)
+    if "subpixel" in recipe:  # the decoder's upsamplers computed at the low resolution (latent_codec)
+        use_subpixel_upsampling(vae.decoder)
     channels_last = "cl" in recipe
     if channels_last:
         vae = vae.to(memory_format=torch.channels_last)
@@ -86,7 +90,7 @@ def main(argv=None):
                 error = (check - reference[size]).abs().max().item()
                 encode = timed(lambda: vae.encode(x).latent_dist.mean, args.repeats)
                 decode = timed(lambda: vae.decode(latents).sample, args.repeats)
-                if args.profile and recipe == args.recipes[0]:
+                if args.profile and size == args.sizes[0]:
                     from torch.profiler import ProfilerActivity, profile
                     with profile(activities=[ProfilerActivity.CUDA]) as prof:
                         vae.decode(latents)

@@ -5,11 +5,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import UNet2DConditionModel
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers.models.upsampling import Upsample2D
 
 from lipsync.audio_encoder import AudioEncoder
 from lipsync.errors import UserError
-from lipsync.latent_codec import LatentCodec, mask_lower_half, padded_call
+from lipsync.latent_codec import LatentCodec, SubpixelUpsample, mask_lower_half, padded_call
 from lipsync.timing import num_feature_frames
 from models.syncnet import SyncNet, SyncNetConfig, sync_loss
 from models.unet import build_unet, check_unet_config, count_parameters, generate
@@ -82,6 +83,27 @@ def test_codec_uses_the_posterior_mean_and_its_own_scaling(tiny_models):
     assert masked[:, :, 32:].abs().max() == 0 and torch.equal(masked[:, :, :32], images[:, :, :32])
     with pytest.raises(UserError):
         codec.latent_size(66)
+
+
+@pytest.mark.parametrize("height, width", [(5, 7), (1, 3), (8, 8)])
+def test_subpixel_upsample_equals_nearest_upsample_then_conv(height, width):
+    torch.manual_seed(0)
+    upsample = Upsample2D(8, use_conv=True, out_channels=6)
+    x = torch.randn(2, 8, height, width)
+    with torch.no_grad():
+        torch.testing.assert_close(SubpixelUpsample(upsample.conv)(x), upsample(x), atol=1e-5, rtol=1e-5)
+
+
+def test_codec_decodes_as_the_plain_vae(tiny_models):
+    """LatentCodec swaps the decoder's upsamplers for SubpixelUpsample: the same images as diffusers' VAE."""
+    codec = LatentCodec.from_pretrained(tiny_models["vae"])
+    plain = AutoencoderKL.from_pretrained(tiny_models["vae"]).eval()
+    levels = len(plain.config.block_out_channels)
+    assert sum(isinstance(m, SubpixelUpsample) for m in codec.modules()) == levels - 1
+    latents = torch.randn(2, 4, 9, 7)
+    with torch.no_grad():
+        torch.testing.assert_close(codec.vae.decode(latents).sample, plain.decode(latents).sample,
+                                   atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("rows", [5, 8, 2])  # padded, exact, split into chunks of 2
