@@ -103,7 +103,7 @@ def main(argv=None):
             print(f"bench_vae: {recipe} {size}px encode {args.batch / encode:.1f} img/s "
                   f"decode {args.batch / decode:.1f} img/s first call {first:.1f} s max|err| vs fp32 {error:.3f}",
                   flush=True)
-            del vae
+            vae = None  # free it before the next recipe is built
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
     print("| recipe | px | batch | encode img/s | decode img/s | first call s | max abs err vs fp32 | peak GiB |")
