@@ -22,7 +22,7 @@ from lipsync import model_zoo  # noqa: E402
 from lipsync.latent_codec import use_subpixel_upsampling  # noqa: E402
 
 RECIPES = ("fp32", "eager_bf16", "cl_bf16", "compile_bf16", "compile_cl_bf16", "subpixel_bf16", "subpixel_cl_bf16",
-           "compile_subpixel_bf16")
+           "compile_subpixel_bf16", "compile_subpixel_cl_bf16")
 
 
 def build(recipe: str, state: dict):
