@@ -130,7 +130,7 @@ def run_generator(name, config, latent, batch, recipe_name, expert, flops_window
     except torch.OutOfMemoryError:
         row["oom"] = True
     finally:
-        del unet, model, opt
+        unet = model = opt = None  # free the memory before the next run (the timing lambda held them)
         torch.cuda.empty_cache()
     return row
 

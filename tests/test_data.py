@@ -61,7 +61,7 @@ def test_filelists_split_whole_groups_with_a_seed(tmp_path):
     other = data.make_filelists(root, tmp_path / "c", val_groups=2, test_groups=0.2, seed=1)
     for split in data.SPLITS:
         assert (tmp_path / "a" / f"{split}.txt").read_text() == (tmp_path / "b" / f"{split}.txt").read_text()
-    assert first != other
+    assert again == first and first != other
     groups = {split: {entry.split("/")[0] for entry in first[split]} for split in data.SPLITS}
     assert [len(groups[split]) for split in data.SPLITS] == [6, 2, 2]
     assert not (groups["train"] & groups["val"] or groups["train"] & groups["test"] or groups["val"] & groups["test"])
@@ -145,7 +145,7 @@ def test_generator_items(videos):
     root, _ = videos
     dataset = data.GeneratorDataset(folders(root, ["spk0/a", "spk1/a"]), T, train=False, val_samples=20)
     for idx in range(len(dataset)):
-        item, (v, s, w, _) = dataset[idx], dataset.sample(idx)
+        item, (v, s, _, _) = dataset[idx], dataset.sample(idx)
         video = dataset.videos[v]
         frames = video.frames(s)
         assert face_frames(item["gt"]) == frames and face_frames(item["masked"] - 1000) == frames
