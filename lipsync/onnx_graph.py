@@ -247,6 +247,13 @@ class TorchOnnxModule(torch.nn.Module):
         if unknown:
             raise ValueError(f"ONNX operators not supported: {', '.join(unknown)}")
         self.graph = graph
+        # after node i, the values it was the last reader of are dropped: activations do not pile up
+        last_use = {name: i for i, node in enumerate(graph.nodes) for name in node.inputs}
+        keep = set(graph.outputs) | set(graph.initializers)
+        self._release = [[] for _ in graph.nodes]
+        for name, i in last_use.items():
+            if name and name not in keep:
+                self._release[i].append(name)
         # float weights become buffers (they move with .to(device)); int64 constants stay CPU shape values
         self._names = {}
         for i, (name, tensor) in enumerate(graph.initializers.items()):
@@ -258,8 +265,9 @@ class TorchOnnxModule(torch.nn.Module):
         values: dict[str, torch.Tensor] = dict(self.graph.initializers)
         values.update({name: getattr(self, attr) for name, attr in self._names.items()})
         values.update(zip(self.graph.inputs, inputs))
-        for node in self.graph.nodes:
+        for node, release in zip(self.graph.nodes, self._release):
             args = [values[name] if name else None for name in node.inputs]
-            result = self.OPS[node.op](node.attrs, *args)
-            values[node.outputs[0]] = result
+            values[node.outputs[0]] = self.OPS[node.op](node.attrs, *args)
+            for name in release:
+                del values[name]
         return tuple(values[name] for name in self.graph.outputs)
