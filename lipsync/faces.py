@@ -80,7 +80,7 @@ class FaceDetector:
 
     def _best_anchor(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """frames [B, h, w, 3] RGB uint8 (already at detection size) -> for each frame's best-scoring anchor:
-        index [B], face score [B], box offsets [B, 4] (the network's BGR input minus the training mean)."""
+        its index [B], face score [B] and box regression [B, 4]. The network takes BGR minus its training mean."""
         rows = np.arange(len(frames))
         if self.runtime == "torch":
             with torch.inference_mode():
