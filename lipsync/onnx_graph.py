@@ -69,6 +69,11 @@ def _ints(wire: int, value) -> list[int]:
     return values
 
 
+def _floats(wire: int, value) -> list[float]:
+    """A repeated float field's entry: one fixed32, or a packed run of them."""
+    return list(struct.unpack(f"<{len(value) // 4}f", value)) if wire == _BYTES else [struct.unpack("<f", value)[0]]
+
+
 # ------------------------------------------------------------------------------------------------ onnx.proto
 
 _DTYPES = {1: torch.float32, 6: torch.int32, 7: torch.int64, 11: torch.float64}
@@ -83,8 +88,7 @@ def _tensor(data: bytes) -> tuple[str, torch.Tensor]:
         elif number == 2:
             dtype = value
         elif number == 4:
-            floats += (list(struct.unpack(f"<{len(value) // 4}f", value)) if wire == _BYTES
-                       else [struct.unpack("<f", value)[0]])
+            floats += _floats(wire, value)
         elif number == 7:
             int64s += _ints(wire, value)
         elif number == 8:
@@ -115,8 +119,7 @@ def _attribute(data: bytes) -> tuple[str, object]:
         elif number == 5:
             value = _tensor(raw)[1]
         elif number == 7:
-            floats += (list(struct.unpack(f"<{len(raw) // 4}f", raw)) if wire == _BYTES
-                       else [struct.unpack("<f", raw)[0]])
+            floats += _floats(wire, raw)
         elif number == 8:
             ints += _ints(wire, raw)
     return name, (floats or ints) if value is None else value
