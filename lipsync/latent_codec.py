@@ -80,8 +80,11 @@ class SubpixelUpsample(torch.nn.Module):
         bias = conv.bias.detach().repeat(4) if conv.bias is not None else None
         self.bias = None if bias is None else torch.nn.Parameter(bias, requires_grad=False)
 
-    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, output_size=None) -> torch.Tensor:
+        """x [B, C, H, W] -> [B, O, 2H, 2W]. output_size: Upsample2D's argument; only exactly 2x is computed here."""
         height, width = x.shape[-2:]
+        if output_size is not None and tuple(output_size) != (2 * height, 2 * width):
+            raise ValueError(f"SubpixelUpsample doubles {height}x{width}: cannot give {tuple(output_size)}")
         y = torch.nn.functional.conv2d(torch.nn.functional.pad(x, (1, 1, 1, 1)), self.weight, self.bias)
         y = y.unflatten(1, (2, 2, self.out_channels))  # [B, a, b, O, H + 1, W + 1]
         phases = [[y[:, a, b, :, a:a + height, b:b + width] for b in (0, 1)] for a in (0, 1)]

@@ -92,6 +92,8 @@ def test_subpixel_upsample_equals_nearest_upsample_then_conv(height, width):
     x = torch.randn(2, 8, height, width)
     with torch.no_grad():
         torch.testing.assert_close(SubpixelUpsample(upsample.conv)(x), upsample(x), atol=1e-5, rtol=1e-5)
+        with pytest.raises(ValueError, match="doubles"):  # Upsample2D's other sizes are not computed here
+            SubpixelUpsample(upsample.conv)(x, output_size=(2 * height + 1, 2 * width))
 
 
 def test_codec_decodes_as_the_plain_vae(tiny_models):
