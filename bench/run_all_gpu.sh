@@ -16,5 +16,5 @@ timeout 85 python3 bench/bench_preprocess.py --clips .clips --work /tmp/bpre --c
   --workers 1 2 2>&1 | grep -v -i warn > "$out/preprocess.log"; tail -7 "$out/preprocess.log"
 timeout 50 python3 bench/bench_dataloader.py --root /tmp/bdl --videos 32 --frames 250 --latent 96 \
   --workers 0 4 8 --gpu_windows_per_s 35 2>&1 | grep -v -i warn > "$out/dataloader.log"; tail -6 "$out/dataloader.log"
-# compiled inference (--modes compile+graph) compiles for ~60 s at 256 px and ~4 min at 768 px: give it a call of
-# its own, e.g. --sizes 256 --modes compile+graph --presets veryfast ultrafast (BENCHMARKS.md 4d)
+# compiled inference (--modes compile+graph) compiles for ~60-70 s per crop size (H200, BENCHMARKS.md 4f): give it
+# a call of its own, e.g. --sizes 256 --modes compile+graph --presets veryfast ultrafast (BENCHMARKS.md 4d)
