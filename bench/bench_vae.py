@@ -19,10 +19,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lipsync import model_zoo  # noqa: E402
-from lipsync.latent_codec import use_subpixel_upsampling  # noqa: E402
+from lipsync.latent_codec import LatentCodec, use_subpixel_upsampling  # noqa: E402
 
 RECIPES = ("fp32", "eager_bf16", "cl_bf16", "compile_bf16", "compile_cl_bf16", "subpixel_bf16", "subpixel_cl_bf16",
-           "compile_subpixel_bf16", "compile_subpixel_cl_bf16")
+           "compile_subpixel_bf16", "compile_subpixel_cl_bf16", "codec_bf16", "codec_recipe_bf16", "codec_compile_bf16")
+# codec_*: what lipsync.latent_codec.LatentCodec runs: eager (sub-pixel upsampling), eager with the compiled
+# recipe's layout and attention (LatentCodec.use_compiled_recipe), and LatentCodec.compile()
 
 
 def build(recipe: str, state: dict):
@@ -32,6 +34,13 @@ def build(recipe: str, state: dict):
     vae.load_state_dict(state)
     dtype = torch.float32 if recipe == "fp32" else torch.bfloat16
     vae = vae.to("cuda", dtype).eval().requires_grad_(False)
+    if recipe.startswith("codec"):
+        codec = LatentCodec(vae)
+        if recipe == "codec_recipe_bf16":
+            codec.use_compiled_recipe()
+        elif recipe == "codec_compile_bf16":
+            codec.compile()
+        return codec.vae, dtype, False  # a channels_last decoder's post_quant_conv turns NCHW latents NHWC
     if "subpixel" in recipe:  # the decoder's upsamplers computed at the low resolution (latent_codec)
         use_subpixel_upsampling(vae.decoder)
     channels_last = "cl" in recipe

@@ -129,7 +129,8 @@ def load_models(checkpoint_path, unet_config=None, audio_encoder: str | None = N
     """UNet from any checkpoint kind; codec, audio encoder and crop size from its model card (arguments given
     here override it). CUDA: codec + UNet in bf16 (fp16 where bf16 is missing), SDPA attention, cuDNN autotuning;
     NCHW, not channels_last: both nets are GroupNorm-heavy and ran slower channels_last on an H100 in bf16
-    (SD-VAE encode at 768 px 39 vs 70 img/s, customized_unet at batch 16 400 vs 426 frames/s).
+    (SD-VAE encode at 768 px 39 vs 70 img/s, customized_unet at batch 16 400 vs 426 frames/s); compiled, the
+    codec takes its own recipe (LatentCodec.compile).
     CPU: fp32. The audio encoder stays fp32: it runs once per clip."""
     device = resolve_device(device)
     loaded = load_generator(checkpoint_path, _read_unet_config(unet_config) if unet_config else None)

@@ -86,10 +86,11 @@ def test_codec_uses_the_posterior_mean_and_its_own_scaling(tiny_models):
 
 
 @pytest.mark.parametrize("height, width", [(5, 7), (1, 3), (8, 8)])
-def test_subpixel_upsample_equals_nearest_upsample_then_conv(height, width):
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])  # phase conv, transposed
+def test_subpixel_upsample_equals_nearest_upsample_then_conv(height, width, memory_format):
     torch.manual_seed(0)
     upsample = Upsample2D(8, use_conv=True, out_channels=6)
-    x = torch.randn(2, 8, height, width)
+    x = torch.randn(2, 8, height, width).contiguous(memory_format=memory_format)
     with torch.no_grad():
         torch.testing.assert_close(SubpixelUpsample(upsample.conv)(x), upsample(x), atol=1e-5, rtol=1e-5)
         with pytest.raises(ValueError, match="doubles"):  # Upsample2D's other sizes are not computed here
@@ -106,6 +107,21 @@ def test_codec_decodes_as_the_plain_vae(tiny_models):
     with torch.no_grad():
         torch.testing.assert_close(codec.vae.decode(latents).sample, plain.decode(latents).sample,
                                    atol=1e-5, rtol=1e-4)
+
+
+def test_compiled_recipe_codes_as_the_plain_vae(tiny_models):
+    """What LatentCodec.compile sets up before torch.compile (channels_last decoder, transposed-conv upsamplers,
+    explicit-matmul attention) gives the plain VAE's latents and images."""
+    codec = LatentCodec.from_pretrained(tiny_models["vae"])
+    plain = LatentCodec.from_pretrained(tiny_models["vae"])
+    codec.use_compiled_recipe()
+    images = torch.rand(2, 3, 40, 24) * 2 - 1
+    with torch.no_grad():
+        latents = codec.encode(images)
+        torch.testing.assert_close(latents, plain.encode(images), atol=1e-5, rtol=1e-4)
+        decoded = codec.decode(latents)
+        assert decoded.is_contiguous(memory_format=torch.channels_last)  # the transposed-conv path ran
+        torch.testing.assert_close(decoded, plain.decode(latents), atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("rows", [5, 8, 2])  # padded, exact, split into chunks of 2
