@@ -10,7 +10,8 @@ from diffusers.models.upsampling import Upsample2D
 
 from lipsync.audio_encoder import AudioEncoder
 from lipsync.errors import UserError
-from lipsync.latent_codec import LatentCodec, SubpixelUpsample, mask_lower_half, padded_call
+from lipsync.latent_codec import (LatentCodec, SubpixelUpsample, mask_lower_half, model_to_uint8_tensor,
+                                  padded_call)
 from lipsync.timing import num_feature_frames
 from models.syncnet import SyncNet, SyncNetConfig, sync_loss
 from models.unet import build_unet, check_unet_config, count_parameters, generate
@@ -122,6 +123,13 @@ def test_compiled_recipe_codes_as_the_plain_vae(tiny_models):
         decoded = codec.decode(latents)
         assert decoded.is_contiguous(memory_format=torch.channels_last)  # the transposed-conv path ran
         torch.testing.assert_close(decoded, plain.decode(latents), atol=1e-5, rtol=1e-4)
+
+
+def test_uint8_faces_are_contiguous_rgb():
+    images = torch.tensor([-1.0, 0.0, 1.0]).view(1, 3, 1, 1).expand(2, 3, 4, 5)
+    faces = model_to_uint8_tensor(images)
+    assert faces.shape == (2, 4, 5, 3) and faces.is_contiguous()  # what the CPU paste receives, copy-free
+    assert faces[0, 0, 0].tolist() == [0, 128, 255]
 
 
 @pytest.mark.parametrize("rows", [5, 8, 2])  # padded, exact, split into chunks of 2
