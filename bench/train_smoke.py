@@ -36,6 +36,7 @@ def run(cmd, cwd=ROOT, timeout=300, name="run"):
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     seconds = time.perf_counter() - start
     if LOGS:
+        Path(LOGS).mkdir(parents=True, exist_ok=True)
         (Path(LOGS) / f"{name}.log").write_text(proc.stdout + proc.stderr)
     print(f"$ {' '.join(map(str, cmd))}\n  rc={proc.returncode} {seconds:.1f}s", flush=True)
     return proc.returncode, seconds
