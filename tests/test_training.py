@@ -157,3 +157,16 @@ def test_adamw_is_fused_only_where_lightning_takes_it(precision, fused):
     optimizer = configure_adamw(module, OptimConfig(lr=1e-3, weight_decay=0.0, warmup_steps=0, schedule="constant"),
                                 total_steps=10)["optimizer"]
     assert optimizer.defaults["fused"] is fused
+
+
+@pytest.mark.parametrize("devices, nodes, expected", [("1", "1", "auto"), ("auto", "1", "auto"), ("2", "1", "ddp"),
+                                                      ("1", "2", "ddp")])
+def test_ddp_on_one_device_runs_the_single_device_strategy(devices, nodes, expected):
+    """(On this CPU-only machine --devices auto is one device.) options.json records the resolved strategy."""
+    from lipsync.training import _resolve_args
+
+    args = unet_syncnet_lightning.parse_args(["--data_root", "d", "--dataset_name", "n", "--devices", devices,
+                                              "--num_nodes", nodes])
+    assert args.strategy == "ddp"  # the SyncNet script's default
+    _resolve_args(args)
+    assert args.strategy == expected
