@@ -68,7 +68,7 @@ class SubpixelUpsample(torch.nn.Module):
       ([B, 4 * O, H + 1, W + 1]), each phase cut from its own offset, then interleaved (eager 42.8 img/s; the
       transposed conv below runs at 30.5 there, cuDNN transposing NCHW <-> NHWC around it).
     - channels_last: the same 16 taps as ONE transposed conv, stride 2, 4x4 kernel, padding 1 (input row i
-      reaches output rows 2i - 1 .. 2i + 2 through taps 3, 2, 1, 0): cuDNN's strided kernel writes the
+      reaches output rows 2i - 1 .. 2i + 2 through taps 0 .. 3): cuDNN's strided kernel writes the
       interleaved NHWC output directly (compiled channels_last decoder 76-79 img/s; the interleave above in
       NHWC: 31).
     """
