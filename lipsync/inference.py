@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import queue
 import subprocess
 import threading
 import time
@@ -39,6 +38,7 @@ from tqdm import tqdm
 from lipsync import timing
 from lipsync.audio import decode_audio, load_audio
 from lipsync.audio_encoder import DEFAULT_AUDIO_ENCODER, AudioEncoder
+from lipsync.background import background
 from lipsync.checkpoint import load_generator
 from lipsync.errors import UserError
 from lipsync.faces import (SMOOTH_WINDOW, FaceDetector, color_match, crop_boxes, crop_faces, face_boxes,
@@ -296,42 +296,6 @@ class Batch:
     faces: np.ndarray | None = None  # [F, S, S, 3] uint8 generated faces
 
 
-def _background(items: Iterable, maxsize: int = 2) -> Iterator:
-    """Produce `items` in a background thread (bounded queue); exceptions re-raise in the consumer."""
-    done = object()
-    q: queue.Queue = queue.Queue(maxsize)
-    stop = threading.Event()
-
-    def produce():
-        try:
-            for item in items:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            q.put(done)
-        except BaseException as err:  # handed to the consumer
-            q.put(err)
-
-    thread = threading.Thread(target=produce, daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = q.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        thread.join()
-
-
 def _prepare_batches(source: FaceSource, sources: np.ndarray, boxes: np.ndarray, found: np.ndarray,
                      batch_size: int, image_size: int, timer: StageTimer,
                      decoder: subprocess.Popen | None) -> Iterator[Batch]:
@@ -564,7 +528,7 @@ def lip_sync(checkpoint, face, audio, outfile=DEFAULT_OUTFILE, **options) -> dic
         sources = pingpong_indices(len(boxes), num_out)  # [n_out] source frame shown by each output frame
         mask = lower_face_mask(models.image_size)  # [S, S] float32 in crop coordinates
         timers = [StageTimer(torch.device("cpu")), timer, StageTimer(torch.device("cpu"))]  # one per thread
-        prepared = _background(_prepare_batches(source, sources, boxes, found, opts.batch_size, models.image_size,
+        prepared = background(_prepare_batches(source, sources, boxes, found, opts.batch_size, models.image_size,
                                                 timers[0], decoder))
 
         graphed = None
@@ -588,7 +552,7 @@ def lip_sync(checkpoint, face, audio, outfile=DEFAULT_OUTFILE, **options) -> dic
         phase_done("reference_and_graph")
         with tqdm(total=num_out, desc="lip sync", unit="frame", disable=None if opts.progress else True) as bar:
             # the writer consumes in the main thread; generation runs one batch ahead in its own thread
-            _blend_and_write(_background(generated()), writer, boxes, found, mask, opts.color_match, opts.on_frame,
+            _blend_and_write(background(generated()), writer, boxes, found, mask, opts.color_match, opts.on_frame,
                              bar, timers[2])
         for other in (timers[0], timers[2]):
             timer.merge(other)

@@ -35,6 +35,7 @@ from tqdm import tqdm
 from lipsync import timing
 from lipsync.audio import load_audio, write_wav
 from lipsync.audio_encoder import DEFAULT_AUDIO_ENCODER, AudioEncoder
+from lipsync.background import background
 from lipsync.data import AUDIO_FILE, FEATURES_FILE, LATENTS_FILE, META_FILE  # the dataset format's owner
 from lipsync.errors import UserError
 from lipsync.faces import FaceDetector, crop_faces, face_boxes
@@ -226,24 +227,29 @@ class VideoPreprocessor:
     def _encode(self, video: Path, boxes: np.ndarray, found: np.ndarray):
         """Second decode pass: crop the frames with a face, encode `batch_size` of them at a time.
 
-        Returns full, masked fp16 [N, C, h, w] and frame_index int64 [N] (N = found.sum()). Only one batch of
-        frames / crops is ever in memory; the latents are 48x smaller than 768 px RGB crops.
+        Returns full, masked fp16 [N, C, h, w] and frame_index int64 [N] (N = found.sum()). Crops are made in a
+        background thread, at most two batches ahead of the encoder; the latents are 48x smaller than 768 px RGB
+        crops.
         """
         s = self.settings
         frame_index = torch.from_numpy(np.flatnonzero(found))
         shape = (len(frame_index), self.codec.latent_channels, self.latent_size, self.latent_size)
         full, masked = torch.empty(shape, dtype=torch.float16), torch.empty(shape, dtype=torch.float16)
         frames = itertools.islice(enumerate(iter_frames(video, target_fps=s.fps)), len(found))
+
+        def crop_batches():  # decoding and OpenCV resizing release the GIL: they overlap the GPU's encode
+            for batch in _batches(((k, frame) for k, frame in frames if found[k]), s.batch_size):
+                indices = [k for k, _ in batch]
+                yield crop_faces(np.stack([frame for _, frame in batch]), boxes[indices], s.image_size)
+
         filled = 0
-        for batch in _batches(((k, frame) for k, frame in frames if found[k]), s.batch_size):
-            indices = [k for k, _ in batch]
-            crops = crop_faces(np.stack([frame for _, frame in batch]), boxes[indices], s.image_size)
+        for crops in background(crop_batches()):  # uint8 [B, S, S, 3]
             images = uint8_to_model(crops, self.device, self.codec.dtype)  # [B, 3, S, S] in [-1, 1]
             pad_to = 2 * s.batch_size if self.compiled else None  # compiled: every call one shape
             latents = padded_call(self.codec.encode, pad_to, torch.cat([images, mask_lower_half(images)]))
             latents = latents.to("cpu", torch.float16)
-            full[filled:filled + len(batch)], masked[filled:filled + len(batch)] = latents.chunk(2)
-            filled += len(batch)
+            full[filled:filled + len(crops)], masked[filled:filled + len(crops)] = latents.chunk(2)
+            filled += len(crops)
         if filled != len(frame_index):  # the two decode passes must see the same frames
             raise RuntimeError(f"second decode pass gave {filled} of the {len(frame_index)} frames with a face")
         return full, masked, frame_index

@@ -1,0 +1,50 @@
+"""Overlap a producer with its consumer: an iterable computed in a background thread, a bounded queue between.
+
+Used where the producer's work releases the GIL (video decoding, OpenCV resizing, GPU waits): inference's
+decode -> generate -> paste pipeline, and preprocessing's crop batches while the GPU encodes the previous one.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Iterable, Iterator
+
+
+def background(items: Iterable, maxsize: int = 2) -> Iterator:
+    """Produce `items` in a background thread (bounded queue); exceptions re-raise in the consumer."""
+    done = object()
+    q: queue.Queue = queue.Queue(maxsize)
+    stop = threading.Event()
+
+    def offer(item) -> bool:
+        """Queue `item` unless the consumer has stopped (never blocks past that: the consumer joins us)."""
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce():
+        try:
+            for item in items:
+                if not offer(item):
+                    return
+            offer(done)
+        except BaseException as err:  # handed to the consumer
+            offer(err)
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
