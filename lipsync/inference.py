@@ -329,7 +329,9 @@ def _faces_from_crops(models: LipSyncModels, crops: torch.Tensor, repeat: torch.
     with stage("vae_encode"):
         x = uint8_tensor_to_model(crops, models.dtype)  # [U, 3, S, S] in [-1, 1]
         if reference is None:  # each frame's own face: one codec call for masked + reference
-            masked, own = padded_call(models.codec.encode, pad_to and 2 * pad_to,
+            # in calls of pad_to rows, like every other codec call (one compiled shape; half the activations
+            # and attention scores of one 2 x pad_to call)
+            masked, own = padded_call(models.codec.encode, pad_to,
                                       torch.cat([mask_lower_half(x), x])).chunk(2)  # [U, C, h, w] each
             masked, references = masked[repeat], own[repeat]  # [F, C, h, w]
         else:
