@@ -43,15 +43,17 @@ def model_to_uint8_tensor(images: torch.Tensor) -> torch.Tensor:
     return ((images.float().clamp(-1, 1) + 1) * 127.5).round_().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
-def padded_call(fn, rows: int | None, *tensors: torch.Tensor) -> torch.Tensor:
-    """fn(*tensors) with the batch (dim 0) zero-padded to `rows`, the padding cut from the result. A compiled
-    module then sees one shape: no recompilation for a short last batch, no slower dynamic-shape kernels.
+def padded_call(fn, rows: int | None, *tensors: torch.Tensor, pad: bool = True) -> torch.Tensor:
+    """fn(*tensors) in calls of `rows` rows (dim 0), a short call zero-padded to `rows` and the padding cut from
+    the result. A compiled module then sees one shape: no recompilation for a short last batch, no slower
+    dynamic-shape kernels. pad=False (eager modules): the same calls of at most `rows` rows, a short one unpadded.
     Only for modules whose rows are independent (GroupNorm, attention within a sample: the VAE, the UNet)."""
     n = len(tensors[0])
-    if rows is None or n == rows:
+    if rows is None or n == rows or (n < rows and not pad):
         return fn(*tensors)
     if n > rows:
-        return torch.cat([padded_call(fn, rows, *(t[i:i + rows] for t in tensors)) for i in range(0, n, rows)])
+        return torch.cat([padded_call(fn, rows, *(t[i:i + rows] for t in tensors), pad=pad)
+                          for i in range(0, n, rows)])
     return fn(*(torch.cat([t, t.new_zeros((rows - n, *t.shape[1:]))]) for t in tensors))[:n]
 
 

@@ -245,10 +245,11 @@ class VideoPreprocessor:
         filled = 0
         for crops in background(crop_batches()):  # uint8 [B, S, S, 3]
             images = uint8_to_model(crops, self.device, self.codec.dtype)  # [B, 3, S, S] in [-1, 1]
-            # full + masked faces in codec calls of batch_size rows (every call one shape, for the compiled
-            # codec); one call of 2 x batch_size held twice the activations: two 768 px workers on one 80 GB
-            # H100 peaked at 78 GB that way
-            latents = padded_call(self.codec.encode, s.batch_size, torch.cat([images, mask_lower_half(images)]))
+            # full + masked faces in codec calls of batch_size rows, padded to that one shape for the compiled
+            # codec only; one call of 2 x batch_size held twice the activations: two 768 px workers on one
+            # 80 GB H100 peaked at 78 GB that way
+            latents = padded_call(self.codec.encode, s.batch_size, torch.cat([images, mask_lower_half(images)]),
+                                  pad=self.compiled)
             latents = latents.to("cpu", torch.float16)
             full[filled:filled + len(crops)], masked[filled:filled + len(crops)] = latents.chunk(2)
             filled += len(crops)

@@ -144,6 +144,22 @@ def test_padding_to_one_shape_leaves_each_row_unchanged(tiny_models, rows):
     torch.testing.assert_close(padded_call(codec.decode, rows, latents), codec.decode(latents), atol=1e-5, rtol=1e-4)
 
 
+def test_unpadded_calls_split_without_padding():
+    """pad=False (eager modules): calls of at most `rows` rows, the short last one left short."""
+    seen = []
+
+    def rows_of(x):
+        seen.append(len(x))
+        return x * 2
+
+    x = torch.arange(10.0)
+    torch.testing.assert_close(padded_call(rows_of, 4, x, pad=False), x * 2)
+    assert seen == [4, 4, 2]
+    seen.clear()
+    torch.testing.assert_close(padded_call(rows_of, 4, x), x * 2)
+    assert seen == [4, 4, 4]  # padded: one shape
+
+
 def test_audio_encoder_chunking_equals_one_pass_on_30_seconds(tiny_models):
     rng = np.random.default_rng(0)
     t = np.arange(30 * 16000) / 16000
