@@ -139,7 +139,7 @@ def main(argv=None):
     print("\nsteps, wall seconds (lip_sync's summary['phases'])")
     for (size, mode), s in results.items():
         print(f"{size:>7}  {mode:<24}" + ", ".join(f"{name} {sec:.3f}" for name, sec in s["phases"].items()))
-    print("\nstage frames/s (each stage's own busy time; the three pipeline threads overlap)")
+    print("\nstage frames/s (each stage's own busy time; the pipeline threads overlap)")
     print("crop px  mode                    " + " ".join(f"{name:>12}" for name in STAGES))
     for (size, mode), s in results.items():
         print(f"{size:>7}  {mode:<24}" + " ".join(f"{(s['stages'].get(name, {}).get('fps') or float('nan')):>12.1f}"

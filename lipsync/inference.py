@@ -9,7 +9,7 @@ Streaming, two passes over the face video; the video is never held in memory:
    (one H.264 encode, the driving audio muxed in the same pass, temp name then rename). On CUDA the
    encode -> UNet -> decode of a batch is one recorded CUDA graph (`GraphedGeneration`). Pass 2 decodes the
    face video and writes the mp4 in two child processes (`lipsync.video_workers`), so that PyAV does not wait
-   for Python's GIL behind this process's three pipeline threads.
+   for Python's GIL behind this process's four pipeline threads.
 
 The output lasts as long as the audio (`timing.num_video_frames`, within a frame) at the face video's own fps
 and resolution (divided by --resize_factor); a still image is repeated at `fps`. Frames without a face pass
@@ -418,10 +418,9 @@ class GraphedGeneration:
             return self.faces[:num].cpu().numpy()
 
 
-def _blend_and_write(batches: Iterable[Batch], writer: VideoWriterProcess, boxes: np.ndarray, found: np.ndarray,
-                     mask: np.ndarray, match_colors: bool, on_frame: FrameCallback | None, bar,
-                     timer: StageTimer) -> None:
-    """CPU side, thread 3: paste the generated lower faces back (feathered mask) and encode the frames."""
+def _blend(batches: Iterable[Batch], boxes: np.ndarray, found: np.ndarray, mask: np.ndarray, match_colors: bool,
+           timer: StageTimer) -> Iterator[tuple[Batch, list[np.ndarray]]]:
+    """CPU side, thread 3: paste the generated lower faces back (feathered mask) -> (batch, its output frames)."""
     for batch in batches:
         output = list(batch.frames)
         if batch.rows.size:
@@ -433,6 +432,13 @@ def _blend_and_write(batches: Iterable[Batch], writer: VideoWriterProcess, boxes
                                      faces, mask)
                 for row, frame in zip(batch.rows, pasted):
                     output[row] = frame
+        yield batch, output
+
+
+def _write(blended: Iterable[tuple[Batch, list[np.ndarray]]], writer: VideoWriterProcess, boxes: np.ndarray,
+           found: np.ndarray, on_frame: FrameCallback | None, bar, timer: StageTimer) -> None:
+    """CPU side, thread 4 (the caller's): hand the frames to the encoder process."""
+    for batch, output in blended:
         with timer.stage("write", len(output)):
             for frame in output:
                 writer.write(frame)
@@ -526,10 +532,11 @@ def lip_sync(checkpoint, face, audio, outfile=DEFAULT_OUTFILE, **options) -> dic
         reference = None if opts.ref_frame is None else _reference_latent(models, source, boxes, found,
                                                                           opts.ref_frame, pad_to)
 
-        # pass 2: three threads overlap CPU and GPU work: decode + crop -> codec + UNet (GPU) -> paste + encode
+        # pass 2: four threads overlap CPU and GPU work: decode + crop -> codec + UNet (GPU) -> paste -> encode
         sources = pingpong_indices(len(boxes), num_out)  # [n_out] source frame shown by each output frame
         mask = lower_face_mask(models.image_size)  # [S, S] float32 in crop coordinates
-        timers = [StageTimer(torch.device("cpu")), timer, StageTimer(torch.device("cpu"))]  # one per thread
+        timers = [StageTimer(torch.device("cpu")), timer, StageTimer(torch.device("cpu")),
+                  StageTimer(torch.device("cpu"))]  # one per thread
         prepared = background(_prepare_batches(source, sources, boxes, found, opts.batch_size, models.image_size,
                                                 timers[0], decoder))
 
@@ -553,10 +560,10 @@ def lip_sync(checkpoint, face, audio, outfile=DEFAULT_OUTFILE, **options) -> dic
 
         phase_done("reference_and_graph")
         with tqdm(total=num_out, desc="lip sync", unit="frame", disable=None if opts.progress else True) as bar:
-            # the writer consumes in the main thread; generation runs one batch ahead in its own thread
-            _blend_and_write(background(generated()), writer, boxes, found, mask, opts.color_match, opts.on_frame,
-                             bar, timers[2])
-        for other in (timers[0], timers[2]):
+            # generation and pasting each run one batch ahead in their own threads; the main thread writes
+            blended = _blend(background(generated()), boxes, found, mask, opts.color_match, timers[2])
+            _write(background(blended), writer, boxes, found, opts.on_frame, bar, timers[3])
+        for other in (timers[0], timers[2], timers[3]):
             timer.merge(other)
         phase_done("generate_and_write")
     phase_done("finish")  # the writer flushes x264 and closes the file; both workers stop
