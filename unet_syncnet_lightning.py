@@ -24,6 +24,9 @@ def parse_args(argv=None):
     p.add_argument("--xl", action="store_true", help="the wider 'xl' variant (default: 'u')")
     p.add_argument("--face_region", choices=["lower", "full"], default="lower",
                    help="latent rows the expert sees: the lower half (mouth) or the whole face")
+    p.add_argument("--batch_negatives", action=argparse.BooleanOptionalAction, default=True,
+                   help="train on every face x audio pair of a batch, not only its B labelled pairs (demo data: "
+                        "held-out accuracy 0.81 -> 0.89 after 1500 steps)")
     training.add_trainer_args(p)
     # DDP with bf16 autocast: ZeRO buys nothing for ~15M parameters, and DeepSpeed's bf16 parameters break
     # BatchNorm (its running statistics stay fp32); --strategy deepspeed_stage_2 runs with --precision 32-true
@@ -42,7 +45,7 @@ def main(argv=None):
                            audio_dim=data.audio_dim, audio_frames=syncnet_window_length(args.T),
                            face_region=args.face_region)
     card = {"kind": "syncnet", "syncnet": config.to_dict(), **training.data_card(data)}
-    module = SyncNetModule(config, card, training.OptimConfig.from_args(args))
+    module = SyncNetModule(config, card, training.OptimConfig.from_args(args), args.batch_negatives)
     return training.fit(args, module, data, EXPERIMENT, monitor="val/loss",
                         filename=f"syncnet-{config.variant}-{{step}}-{{val/loss:.3f}}")
 

@@ -100,6 +100,24 @@ def sync_loss(probability: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
     return -(y * p.log() + (1 - y) * (1 - p).log()).mean()
 
 
+def all_pairs_sync_loss(face: torch.Tensor, audio: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """BCE over EVERY face x audio pair of the batch, in-sync and off-sync pairs weighted equally, in fp32.
+
+    face, audio [B, E] (SyncNet.forward), label [B]. Row i's own pair (face i, audio i) is in sync iff label i;
+    every other pair (face i, audio j != i) is off sync: audio of another window, mostly of another video. So a
+    batch of B items gives ~B/2 positives and ~B^2 negatives instead of B/2 of each, for the same encoder work.
+    (A pair of two distinct windows of one video that overlap, or are both silent, is labelled off sync though
+    it is not: rare at dataset scale, and noise of the same kind the same-video negatives already carry.)
+    """
+    p = (face.float() @ audio.float().T).clamp(1e-6, 1 - 1e-6)  # [B faces, B audios] cosines
+    positive = torch.diag(label.float() > 0.5)  # [B, B] bool
+    bce = -torch.where(positive, p.log(), (1 - p).log())
+    # mean over the in-sync pairs and mean over the off-sync pairs, averaged: the same 50/50 weighting as
+    # sync_loss on balanced labels, so cos 0.5 stays the decision threshold
+    means = [bce[rows].mean() for rows in (positive, ~positive) if rows.any()]
+    return torch.stack(means).mean()
+
+
 def sync_correct(probability: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
     """[B] bool: the window is classified right, in sync meaning P(in sync) = cosine > 0.5 (Wav2Lip's rule)."""
     return (probability > 0.5) == (label > 0.5)

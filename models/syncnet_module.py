@@ -1,4 +1,9 @@
-"""LightningModule of the latent SyncNet expert: the network, its BCE loss, AdamW, one step for train and val."""
+"""LightningModule of the latent SyncNet expert: the network, its BCE loss, AdamW, one step for train and val.
+
+Training scores every face x audio pair of a batch (all_pairs_sync_loss; --no-batch_negatives: only the B
+labelled pairs, Wav2Lip's recipe). Validation always scores the fixed labelled pairs (sync_loss, accuracy at cos
+0.5), so val/loss and val/acc mean the same with either training loss.
+"""
 from __future__ import annotations
 
 import pytorch_lightning as pl
@@ -6,26 +11,33 @@ import torch
 
 from lipsync.checkpoint import encode_model_card
 from lipsync.training import OptimConfig, configure_adamw
-from models.syncnet import SyncNet, SyncNetConfig, sync_correct, sync_loss
+from models.syncnet import SyncNet, SyncNetConfig, all_pairs_sync_loss, sync_correct, sync_loss
 
 
 class SyncNetModule(pl.LightningModule):
-    def __init__(self, config: SyncNetConfig, card: dict, optim: OptimConfig):
-        """card: the model card (kind "syncnet", config, audio encoder, codec, sizes), stored in every checkpoint."""
+    def __init__(self, config: SyncNetConfig, card: dict, optim: OptimConfig, batch_negatives: bool = True):
+        """card: the model card (kind "syncnet", config, audio encoder, codec, sizes), stored in every checkpoint.
+        batch_negatives: train on all B x B face x audio pairs of a batch (all_pairs_sync_loss)."""
         super().__init__()
         self.syncnet = SyncNet(config)
         self.register_buffer("model_card", encode_model_card(card))
         self.optim = optim
+        self.batch_negatives = batch_negatives
 
     def _step(self, batch, stage: str) -> torch.Tensor:
         # faces [B, T, C, h, w], audio [B, 2T, D], label [B] (1 = in sync)
-        p = self.syncnet.sync_probability(batch["faces"], batch["audio"]).float()  # [B] in [0, 1]
         label = batch["label"].float()
-        loss = sync_loss(p, label)
         batch_size = label.shape[0]
+        face, audio = self.syncnet(batch["faces"], batch["audio"])  # [B, E] each
         if stage == "train":
+            if self.batch_negatives:
+                loss = all_pairs_sync_loss(face, audio, label)
+            else:
+                loss = sync_loss((face * audio).sum(1), label)
             self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
             return loss
+        p = (face * audio).sum(1).float()  # [B] cosine in [0, 1], read as P(in sync)
+        loss = sync_loss(p, label)
         positive = label > 0.5
         self.log_dict({"val/loss": loss, "val/acc": sync_correct(p, label).float().mean()},
                       prog_bar=True, sync_dist=True, batch_size=batch_size)

@@ -13,7 +13,7 @@ from lipsync.errors import UserError
 from lipsync.latent_codec import (LatentCodec, SubpixelUpsample, mask_lower_half, model_to_uint8_tensor,
                                   padded_call)
 from lipsync.timing import num_feature_frames
-from models.syncnet import SyncNet, SyncNetConfig, sync_loss
+from models.syncnet import SyncNet, SyncNetConfig, all_pairs_sync_loss, sync_loss
 from models.unet import build_unet, check_unet_config, count_parameters, generate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,6 +48,22 @@ def test_syncnet_runs_at_any_latent_size_and_backprops(size, region):
     assert faces.grad is not None and net.face_encoder[0].conv.weight.grad is not None
     if region == "lower":  # the upper half of the face must not matter
         assert faces.grad[..., : size // 2, :].abs().max() == 0
+
+
+def test_all_pairs_sync_loss_scores_every_pair_with_balanced_classes():
+    face = torch.eye(3, 4)  # three orthogonal unit embeddings
+    label = torch.tensor([1.0, 1.0, 0.0])
+    # audio i == face i: the two labelled in-sync pairs are right (cos 1), the labelled off-sync pair (2, 2) is
+    # wrong (cos 1), and the six pairs across rows are right (cos 0)
+    wrong = -torch.log(1 - torch.tensor(1.0).clamp(max=1 - 1e-6))  # BCE of cos 1 for an off-sync pair, ~13.8
+    assert torch.allclose(all_pairs_sync_loss(face, face, label), 0.5 * wrong / 7, atol=1e-4)
+    # every audio the same: the cross pairs are now in sync, which the loss must punish
+    same = face[:1].expand(3, 4)
+    assert all_pairs_sync_loss(face, same, torch.ones(3)) > 5
+    # one item: exactly the labelled pair's BCE
+    for y in (0.0, 1.0):
+        assert torch.allclose(all_pairs_sync_loss(torch.tensor([[0.6]]), torch.ones(1, 1), torch.tensor([y])),
+                              sync_loss(torch.tensor([0.6]), torch.tensor([y])))
 
 
 def test_tiny_unet_forward_backward_save_reload(tmp_path, tiny_models):
