@@ -20,7 +20,7 @@ from lipsync.video_io import probe_video
 
 ROOT = Path(__file__).resolve().parents[1]
 LAST_LINE = re.compile(r"^demo: sync_corr=(-?\d+\.\d\d) baseline_corr=(-?\d+\.\d\d) syncnet_acc=(\d\.\d\d) "
-                       r"audio_gain=(\d+\.\d) seconds=(\d+)$")
+                       r"audio_gain=(\d+\.\d\d) seconds=(\d+)$")
 
 
 @pytest.fixture(scope="module")

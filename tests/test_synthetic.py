@@ -97,9 +97,9 @@ def test_make_clip_other_speech(tmp_path):
         synthetic.make_clip(tmp_path / "d.mp4", identity, 1.0, None, audio=audio)
 
 
-def test_make_dataset_seeded(tmp_path):
+def test_make_dataset_seeded_and_the_same_from_worker_processes(tmp_path):
     first = synthetic.make_dataset(tmp_path / "a", 2, 1, 1.0, seed=11, size=64)
-    second = synthetic.make_dataset(tmp_path / "b", 2, 1, 1.0, seed=11, size=64)
+    second = synthetic.make_dataset(tmp_path / "b", 2, 1, 1.0, seed=11, size=64, workers=2)
     assert [p.relative_to(tmp_path / "a") for p in first] == [p.relative_to(tmp_path / "b") for p in second]
     assert [str(p.relative_to(tmp_path / "a")) for p in first] == ["id000/clip00.mp4", "id001/clip00.mp4"]
     for p, q in zip(first, second):

@@ -10,10 +10,12 @@ lengths are fractions of the frame size, so any `size` renders the same picture.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import json
 import math
+import multiprocessing
 from pathlib import Path
 
 import cv2
@@ -397,17 +399,23 @@ def make_clip(path, identity: Identity, duration_s: float, rng: np.random.Genera
 
 
 def make_dataset(root, num_identities: int, clips_per_identity: int, clip_seconds: float, seed: int,
-                 size: int = 160) -> list[Path]:
+                 size: int = 160, workers: int = 1) -> list[Path]:
     """Raw video tree root/id{i:03d}/clip{j:02d}.mp4 (+ .json) -> the mp4 paths.
 
     Identity i draws from default_rng([seed, i]) and its clip j from default_rng([seed, i, j]), so a clip
-    depends only on (seed, i, j): the same seed gives the same frames and audio, whatever the counts.
+    depends only on (seed, i, j): the same seed gives the same frames and audio, whatever the counts, and
+    `workers` processes render the same files as one.
     """
-    paths = []
-    for i in range(num_identities):
-        identity = random_identity(np.random.default_rng([seed, i]))
-        for j in range(clips_per_identity):
-            path = Path(root) / f"id{i:03d}" / f"clip{j:02d}.mp4"
-            paths.append(make_clip(path, identity, clip_seconds, np.random.default_rng([seed, i, j]), size,
-                                   meta=dict(seed=seed, identity_index=i, clip_index=j)))
-    return paths
+    jobs = [(Path(root), i, j, clip_seconds, seed, size) for i in range(num_identities)
+            for j in range(clips_per_identity)]
+    if workers <= 1:
+        return [_make_dataset_clip(*job) for job in jobs]
+    # spawn: the caller may hold threads (torch, OpenCV) that a forked child would inherit mid-lock
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(_make_dataset_clip, *zip(*jobs), chunksize=8))
+
+
+def _make_dataset_clip(root: Path, i: int, j: int, clip_seconds: float, seed: int, size: int) -> Path:
+    identity = random_identity(np.random.default_rng([seed, i]))
+    return make_clip(root / f"id{i:03d}" / f"clip{j:02d}.mp4", identity, clip_seconds,
+                     np.random.default_rng([seed, i, j]), size, meta=dict(seed=seed, identity_index=i, clip_index=j))
