@@ -44,6 +44,9 @@ def parse_args(argv=None):
     p.add_argument("--gradient_checkpointing", action="store_true",
                    help="recompute UNet activations in backward: ~3x less memory per frame, ~25%% slower; for "
                         "batches that do not fit otherwise (96x96 latents: batch 32 windows of the 80M UNet in 32 GB)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the UNet in place (CUDA; ~1 min of compilation, then fused norms and "
+                        "activations: BENCHMARKS.md 1a/1e); checkpoints are the same")
     training.add_trainer_args(p)
     p.set_defaults(batch_size=2, accumulate_grad_batches=4)
     return p.parse_args(argv)
@@ -56,6 +59,8 @@ def main(argv=None):
     init = load_generator(args.unet_ckpt)
     if args.gradient_checkpointing:
         init.unet.enable_gradient_checkpointing()
+    if args.compile:  # nn.Module.compile: compiles on the first call, keeps the state_dict keys
+        init.unet.compile()
     check_unet_config(init.card["unet_config"], data.audio_dim, data.latent_channels)
     training.check_card_matches_data(init.card, data, args.unet_ckpt)
     variant, path = ("xl", args.syncnet_xl) if args.syncnet_xl else ("u", args.syncnet)

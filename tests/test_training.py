@@ -83,6 +83,20 @@ def test_syncnet_zero2_checkpoint_resume_and_load(workdir, syncnet_run, monkeypa
         load_syncnet(final, expect_variant="xl")
 
 
+def test_generator_compile_flag_compiles_the_unet_in_place(workdir, syncnet_run, tiny_models, monkeypatch):
+    """--compile: the module the script trains holds a compiled UNet whose checkpoint keys are the eager ones
+    (compiling itself is measured on the GPU, BENCHMARKS.md 1e; on CPU it would add ~90 s to this suite)."""
+    built = {}
+    monkeypatch.setattr(unet_wav2lip_lightning.training, "fit", lambda args, module, *rest, **kw: built.update(m=module))
+    monkeypatch.chdir(workdir)
+    common = ["--syncnet", str(syncnet_run[1] / "checkpoints" / "last.ckpt"), "--unet_ckpt", tiny_models["unet"]]
+    unet_wav2lip_lightning.main(argv(workdir, 1, *common))
+    eager_keys = list(built["m"].state_dict())
+    unet_wav2lip_lightning.main(argv(workdir, 1, *common, "--compile"))
+    assert built["m"].unet._compiled_call_impl is not None
+    assert list(built["m"].state_dict()) == eager_keys
+
+
 def test_generator_sync_switch_resume_frozen_expert_and_merge(workdir, syncnet_run, tiny_models, monkeypatch):
     expert_ckpt = str(syncnet_run[1] / "checkpoints" / "last.ckpt")
     experts = []
