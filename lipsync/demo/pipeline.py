@@ -79,8 +79,8 @@ PROFILES = {
     # - generator audio_gain varies more between PEOPLE than between training choices: the 480-people run's
     #   generator gives 1.37 on its four test people, 1.77 on its two validation people, 1.49 on training
     #   people; for 320 people, sync weight 0.01 / 0.03 / 0.1 gave 1.48 / 1.47 / 1.35, lower-half weight 4
-    #   1.47, lr 3e-3 1.47, and 2000 steps instead of 1400 no gain (480 people: 1.34 / 1.65 / 1.51). Eight
-    #   test people make the held-out numbers less of a draw than four.
+    #   1.47, lr 3e-3 1.47, and 2000 steps instead of 1400, or batch 4 x 2800 steps, no gain (480 people: 1.34 /
+    #   1.65 / 1.51 and 1.39 / 1.77 / 1.47). Eight test people make the held-out numbers less of a draw than four.
     "full": Profile(identities=480, val_identities=2, test_identities=8, clip_seconds=4.0, frame_size=128,
                     image_size=32, vae_steps=600, vae_pool=2048, syncnet_steps=3000, syncnet_batch=64,
                     syncnet_lr=1e-3, generator_steps=1400, generator_batch=8, generator_lr=2e-3, eval_windows=512),
