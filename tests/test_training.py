@@ -87,7 +87,8 @@ def test_generator_compile_flag_compiles_the_unet_in_place(workdir, syncnet_run,
     """--compile: the module the script trains holds a compiled UNet whose checkpoint keys are the eager ones
     (compiling itself is measured on the GPU, BENCHMARKS.md 1e; on CPU it would add ~90 s to this suite)."""
     built = {}
-    monkeypatch.setattr(unet_wav2lip_lightning.training, "fit", lambda args, module, *rest, **kw: built.update(m=module))
+    monkeypatch.setattr(unet_wav2lip_lightning.training, "fit",
+                        lambda args, module, *rest, **kw: built.update(m=module))
     monkeypatch.chdir(workdir)
     common = ["--syncnet", str(syncnet_run[1] / "checkpoints" / "last.ckpt"), "--unet_ckpt", tiny_models["unet"]]
     unet_wav2lip_lightning.main(argv(workdir, 1, *common))
