@@ -418,7 +418,7 @@ class GraphedGeneration:
             return self.faces[:num].cpu().numpy()
 
 
-def _blend(batches: Iterable[Batch], boxes: np.ndarray, found: np.ndarray, mask: np.ndarray, match_colors: bool,
+def _blend(batches: Iterable[Batch], boxes: np.ndarray, mask: np.ndarray, match_colors: bool,
            timer: StageTimer) -> Iterator[tuple[Batch, list[np.ndarray]]]:
     """CPU side, thread 3: paste the generated lower faces back (feathered mask) -> (batch, its output frames)."""
     for batch in batches:
@@ -561,7 +561,7 @@ def lip_sync(checkpoint, face, audio, outfile=DEFAULT_OUTFILE, **options) -> dic
         phase_done("reference_and_graph")
         with tqdm(total=num_out, desc="lip sync", unit="frame", disable=None if opts.progress else True) as bar:
             # generation and pasting each run one batch ahead in their own threads; the main thread writes
-            blended = _blend(background(generated()), boxes, found, mask, opts.color_match, timers[2])
+            blended = _blend(background(generated()), boxes, mask, opts.color_match, timers[2])
             _write(background(blended), writer, boxes, found, opts.on_frame, bar, timers[3])
         for other in (timers[0], timers[2], timers[3]):
             timer.merge(other)

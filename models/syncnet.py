@@ -86,8 +86,12 @@ class SyncNet(nn.Module):
 
     def sync_probability(self, faces: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
         """[B] cosine similarity in [0, 1], read as P(in sync)."""
-        face, audio = self(faces, audio)
-        return (face * audio).sum(1)
+        return pair_probability(*self(faces, audio))
+
+
+def pair_probability(face: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+    """Embeddings face, audio [B, E] (SyncNet.forward) -> [B] cosine of each row's pair, read as P(in sync)."""
+    return (face * audio).sum(1)
 
 
 def sync_loss(probability: torch.Tensor, label: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,8 @@ import torch
 
 from lipsync.checkpoint import encode_model_card
 from lipsync.training import OptimConfig, configure_adamw
-from models.syncnet import SyncNet, SyncNetConfig, all_pairs_sync_loss, sync_correct, sync_loss
+from models.syncnet import (SyncNet, SyncNetConfig, all_pairs_sync_loss, pair_probability, sync_correct,
+                            sync_loss)
 
 
 class SyncNetModule(pl.LightningModule):
@@ -29,14 +30,11 @@ class SyncNetModule(pl.LightningModule):
         label = batch["label"].float()
         batch_size = label.shape[0]
         face, audio = self.syncnet(batch["faces"], batch["audio"])  # [B, E] each
+        p = pair_probability(face, audio).float()  # [B] cosine in [0, 1], read as P(in sync)
         if stage == "train":
-            if self.batch_negatives:
-                loss = all_pairs_sync_loss(face, audio, label)
-            else:
-                loss = sync_loss((face * audio).sum(1), label)
+            loss = all_pairs_sync_loss(face, audio, label) if self.batch_negatives else sync_loss(p, label)
             self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
             return loss
-        p = (face * audio).sum(1).float()  # [B] cosine in [0, 1], read as P(in sync)
         loss = sync_loss(p, label)
         positive = label > 0.5
         self.log_dict({"val/loss": loss, "val/acc": sync_correct(p, label).float().mean()},
