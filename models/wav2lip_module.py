@@ -6,7 +6,9 @@ never trained, never stored, never switched to train mode; the expert runs in fp
 
 Sync gating: `sync_on` is a registered bool buffer, so checkpoints (and resumed runs) keep it. It switches on
 at `sync_start_step`, or else at the first validation whose val/sync_loss < `sync_start_val_sync`, and
-never off. Checkpoints are ranked by val/recon_loss, whose meaning does not change when it switches.
+never off. Steps read a host copy of it (`sync_active`): reading the GPU buffer every step would make the
+host wait for the GPU's queue to drain. Checkpoints are ranked by val/recon_loss, whose meaning does not
+change when it switches.
 """
 from __future__ import annotations
 
@@ -44,6 +46,8 @@ class Wav2LipModule(pl.LightningModule):
         hold_frozen(self, "codec", None)  # loaded at the first validation, if codec_id loads
         self.register_buffer("model_card", encode_model_card(card))
         self.register_buffer("sync_on", torch.tensor(False))
+        self._sync_on_host: bool | None = None  # sync_on read once; None again after load_state_dict
+        self.register_load_state_dict_post_hook(lambda module, keys: setattr(module, "_sync_on_host", None))
         self.optim = optim
         self.sync_weight = sync_weight
         self.sync_start_step = sync_start_step
@@ -55,17 +59,23 @@ class Wav2LipModule(pl.LightningModule):
         self.expert.to(self.device)
 
     def on_train_batch_start(self, batch, batch_idx):
-        if self.sync_start_step is not None and self.global_step >= self.sync_start_step and not self.sync_on:
+        if self.sync_start_step is not None and self.global_step >= self.sync_start_step and not self.sync_active():
             self._switch_sync_on(f"step {self.global_step} >= --sync_start_step {self.sync_start_step}")
 
     def on_validation_epoch_end(self):
         val_sync = self.trainer.callback_metrics.get("val/sync_loss")  # averaged over all ranks
-        if (self.sync_start_step is None and not self.sync_on and not self.trainer.sanity_checking
+        if (self.sync_start_step is None and not self.sync_active() and not self.trainer.sanity_checking
                 and val_sync is not None and val_sync < self.sync_start_val_sync):
             self._switch_sync_on(f"val/sync_loss {val_sync:.4f} < --sync_start_val_sync {self.sync_start_val_sync}")
 
+    def sync_active(self) -> bool:
+        if self._sync_on_host is None:
+            self._sync_on_host = bool(self.sync_on)
+        return self._sync_on_host
+
     def _switch_sync_on(self, reason: str):
         self.sync_on.fill_(True)
+        self._sync_on_host = True
         rank_zero_info(f"sync loss on (weight {self.sync_weight}): {reason}")
 
     def expert_sync_loss(self, generated: torch.Tensor, sync_audio: torch.Tensor) -> torch.Tensor:
@@ -84,14 +94,15 @@ class Wav2LipModule(pl.LightningModule):
         generated = generated.float().view_as(gt)  # [B, T, C, h, w]
         recon = weighted_l1(generated, gt, self.lower_half_weight)
         sync = self.expert_sync_loss(generated, batch["sync_audio"])
-        weight = self.sync_weight if bool(self.sync_on) else 0.0
+        weight = self.sync_weight if self.sync_active() else 0.0
         total = recon + weight * sync if weight else recon  # no backward through the expert while off
         train = stage == "train"
         self.log_dict({f"{stage}/recon_loss": recon, f"{stage}/sync_loss": sync, f"{stage}/total": total},
                       prog_bar=True, on_step=train, on_epoch=not train, sync_dist=not train,
                       batch_size=gt.shape[0])
         if train:
-            self.log("train/sync_weight", weight, batch_size=gt.shape[0])
+            # from the buffer, on the device: a Python float would be copied to the GPU (a synchronisation)
+            self.log("train/sync_weight", self.sync_on * self.sync_weight, batch_size=gt.shape[0])
         return total, generated
 
     def training_step(self, batch, batch_idx):

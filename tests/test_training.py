@@ -116,6 +116,7 @@ def test_generator_sync_switch_resume_frozen_expert_and_merge(workdir, syncnet_r
     common = ["--syncnet", expert_ckpt, "--unet_ckpt", tiny_models["unet"]]
     trainer = unet_wav2lip_lightning.main(argv(workdir, 3, *common, "--sync_start_step", "2"))
     assert bool(trainer.lightning_module.sync_on) and trainer.callback_metrics["train/sync_weight"] == 0.1
+    assert not trainer.strategy.deepspeed_engine.tput_timer.config.enabled  # it synchronises the GPU every step
     run = run_folder(workdir, "latent_wav2lip_experiment", 0)
     assert (run / "samples" / "step_0000003.png").is_file()  # decoded by the dataset's codec
     assert len(list((run / "checkpoints").glob("wav2lip-3-*.ckpt"))) == 1  # top-k by val/recon_loss
@@ -185,3 +186,26 @@ def test_ddp_on_one_device_runs_the_single_device_strategy(devices, nodes, expec
     assert args.strategy == "ddp"  # the SyncNet script's default
     _resolve_args(args)
     assert args.strategy == expected
+
+
+def test_sync_switch_host_copy_follows_the_buffer_through_load_state_dict(tiny_models):
+    """Steps read the sync switch from a host copy (reading the GPU buffer every step stalls the GPU queue); a
+    state loaded over the module (a resumed run) must replace that copy, not leave the value read before it."""
+    from diffusers import UNet2DConditionModel
+
+    from lipsync.training import OptimConfig
+    from models.syncnet import SyncNet, SyncNetConfig
+    from models.wav2lip_module import Wav2LipModule
+
+    def module():
+        return Wav2LipModule(UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(tiny_models["unet"])),
+                             SyncNet(SyncNetConfig(variant="u", audio_dim=DIM)), {"kind": "generator"},
+                             OptimConfig(lr=1e-3, weight_decay=0.0, warmup_steps=0, schedule="constant"),
+                             sync_weight=0.1, sync_start_step=None, sync_start_val_sync=0.5, lower_half_weight=1.0,
+                             codec_id=None)
+
+    switched, fresh = module(), module()
+    switched._switch_sync_on("test")
+    assert switched.sync_active() and not fresh.sync_active()  # fresh has now cached False
+    fresh.load_state_dict(switched.state_dict())
+    assert fresh.sync_active()
