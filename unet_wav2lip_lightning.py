@@ -17,7 +17,7 @@ from lipsync import training
 from lipsync.checkpoint import load_generator, load_syncnet
 from lipsync.errors import UserError, cli_entry
 from lipsync.timing import VIDEO_FPS
-from models.unet import check_unet_config
+from models.unet import AUDIO_POSITIONS, check_unet_config
 from models.wav2lip_module import Wav2LipModule
 
 EXPERIMENT = "latent_wav2lip_experiment"
@@ -71,7 +71,7 @@ def main(argv=None):
         raise UserError(f"{path} is a SyncNet over T={sync_config.T} frames of {sync_config.latent_channels}-channel "
                         f"latents; this run has T={args.T} and {data.latent_channels} channels")
     card = {"kind": "generator", "unet_config": init.card["unet_config"], "latent_channels": data.latent_channels,
-            "T": args.T, "fps": VIDEO_FPS, **training.data_card(data)}
+            "T": args.T, "fps": VIDEO_FPS, "audio_positions": AUDIO_POSITIONS, **training.data_card(data)}
     module = Wav2LipModule(init.unet, expert.syncnet, card, training.OptimConfig.from_args(args),
                            sync_weight=args.sync_weight, sync_start_step=args.sync_start_step,
                            sync_start_val_sync=args.sync_start_val_sync,

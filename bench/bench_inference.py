@@ -29,7 +29,7 @@ from lipsync import model_zoo  # noqa: E402
 from lipsync.checkpoint import encode_model_card  # noqa: E402
 from lipsync.inference import STAGES, lip_sync, load_models  # noqa: E402
 from lipsync.video_io import X264_PRESETS  # noqa: E402
-from models.unet import build_unet  # noqa: E402
+from models.unet import AUDIO_POSITIONS, build_unet  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES = {"eager": {}, "compile": {"compile": True}, "graph": {"cuda_graph": True},
@@ -59,7 +59,7 @@ def write_models(work: Path, image_size: int) -> Path:
     unet = build_unet(config)
     card = {"kind": "generator", "unet_config": config, "audio_encoder": str(w2v), "audio_hidden_size": 768,
             "codec": str(vae), "image_size": image_size, "latent_size": image_size // 8, "latent_channels": 4,
-            "T": 5, "fps": 25}
+            "T": 5, "fps": 25, "audio_positions": AUDIO_POSITIONS}
     state = {f"unet.{k}": v for k, v in unet.state_dict().items()}
     state["model_card"] = encode_model_card(card)
     path = work / f"generator_{image_size}.ckpt"

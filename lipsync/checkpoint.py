@@ -177,12 +177,15 @@ class LoadedGenerator:
 def load_generator(path, unet_config: dict | None = None) -> LoadedGenerator:
     """A UNet from any checkpoint kind. `unet_config` overrides the checkpoint's own (needed only when the
     weights come without a model card, e.g. a bare safetensors state dict)."""
-    from models.unet import build_unet
+    from models.unet import AUDIO_POSITIONS, build_unet
 
     checkpoint = read_checkpoint(path)
     card = dict(checkpoint.card or {})
     if card and card.get("kind") != "generator":
         raise UserError(f"{path} is a {card.get('kind')} checkpoint, not a generator (UNet) checkpoint")
+    if card and card.get("audio_positions") != AUDIO_POSITIONS:
+        raise UserError(f"{path} was trained without position codes on its audio window ({AUDIO_POSITIONS!r}, "
+                        "models/unet.py), which every generator now gets: train it again")
     config = unet_config or checkpoint.diffusers_config or card.get("unet_config")
     if config is None:
         raise UserError(f"{path} does not say which UNet it holds (no model card): pass --unet_config FOLDER")

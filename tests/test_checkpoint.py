@@ -13,7 +13,7 @@ from lipsync import model_zoo
 from lipsync.checkpoint import encode_model_card, load_generator, load_syncnet, read_checkpoint
 from lipsync.errors import UserError
 from models.syncnet import SyncNet, SyncNetConfig
-from models.unet import build_unet, generate
+from models.unet import AUDIO_POSITIONS, audio_positions, build_unet, generate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,7 +35,8 @@ def generator(tiny_models):
     config = dict(UNet2DConditionModel.load_config(tiny_models["unet"]))
     torch.manual_seed(1)
     unet = build_unet(config)
-    card = {"kind": "generator", "unet_config": config, "audio_encoder": "x", "audio_hidden_size": 32}
+    card = {"kind": "generator", "unet_config": config, "audio_encoder": "x", "audio_hidden_size": 32,
+            "audio_positions": AUDIO_POSITIONS}
     return unet, card
 
 
@@ -87,6 +88,10 @@ def test_wrong_kind_and_garbage_are_clear_errors(tmp_path, generator):
     torch.save({"state_dict": _generator_state(unet, card)}, tmp_path / "g.ckpt")
     with pytest.raises(UserError, match="not a SyncNet"):
         load_syncnet(tmp_path / "g.ckpt")
+    old = {k: v for k, v in card.items() if k != "audio_positions"}  # trained before the audio position codes
+    torch.save({"state_dict": _generator_state(unet, old)}, tmp_path / "old.ckpt")
+    with pytest.raises(UserError, match="without position codes on its audio window"):
+        load_generator(tmp_path / "old.ckpt")
     (tmp_path / "junk.ckpt").write_text("not a checkpoint")
     with pytest.raises(UserError, match="not a checkpoint"):
         read_checkpoint(tmp_path / "junk.ckpt")
@@ -109,7 +114,7 @@ def test_extract_widens_conv_in_and_keeps_the_pretrained_function(tmp_path):
     assert (tmp_path / "sd" / "diffusion_pytorch_model.safetensors").is_file()
     masked, anything, audio = torch.randn(2, 4, 16, 16), torch.randn(2, 4, 16, 16), torch.randn(2, 10, 32)
     with torch.no_grad():
-        expected = original(masked, 0, encoder_hidden_states=audio).sample
+        expected = original(masked, 0, encoder_hidden_states=audio + audio_positions(10, 32)).sample
         assert torch.allclose(generate(widened, masked, anything, audio), expected, atol=1e-5)
 
 

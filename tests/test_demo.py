@@ -48,11 +48,11 @@ def test_demo_prints_its_numbers_last_and_writes_the_results(demo_run):
 def test_demo_learned_lip_sync_on_held_out_faces_and_speech(demo_run):
     cwd, _ = demo_run
     m = json.loads((cwd / "out" / "results" / "metrics.json").read_text())
-    assert m["sync_corr"] >= 0.4, m  # the output's mouth follows the driving speech
+    assert m["sync_corr"] >= 0.6, m  # the output's mouth follows the driving speech (0.93 when set)
     assert abs(m["baseline_corr"]) <= 0.3, m  # the input's mouth does not
     assert m["sync_lag"] == 0, m  # and follows it in step, not one frame early or late
     assert m["syncnet_acc"] >= 0.6, m
-    assert m["audio_gain"] >= 1.05, m
+    assert m["audio_gain"] >= 1.3, m  # 1.83 when set
     assert np.isfinite(m["seconds"])
 
 

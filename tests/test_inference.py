@@ -28,7 +28,7 @@ from lipsync.faces import FaceDetector, face_boxes, lower_face_mask, paste_faces
 from lipsync.inference import LipSyncOptions, lip_sync, load_models
 from lipsync.video_io import VideoWriter, iter_frames, pingpong_indices, probe_video
 from models.syncnet import SyncNet, SyncNetConfig
-from models.unet import build_unet
+from models.unet import AUDIO_POSITIONS, build_unet
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE_SIZE = 64  # tiny VAE: 4x down -> 16x16 latents, the tiny UNet's sample size
@@ -52,7 +52,8 @@ def checkpoint(tiny_models):
     torch.manual_seed(0)
     unet = build_unet(config)
     card = {"kind": "generator", "unet_config": config, "audio_encoder": tiny_models["wav2vec2"],
-            "audio_hidden_size": 32, "codec": tiny_models["vae"], "image_size": IMAGE_SIZE}
+            "audio_hidden_size": 32, "codec": tiny_models["vae"], "image_size": IMAGE_SIZE,
+            "audio_positions": AUDIO_POSITIONS}
     state = {f"unet.{k}": v for k, v in unet.state_dict().items()}
     state["model_card"] = encode_model_card(card)
     path = tiny_models["root"] / "generator.ckpt"

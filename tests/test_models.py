@@ -14,7 +14,7 @@ from lipsync.latent_codec import (LatentCodec, SubpixelUpsample, mask_lower_half
                                   padded_call)
 from lipsync.timing import num_feature_frames
 from models.syncnet import SyncNet, SyncNetConfig, all_pairs_sync_loss, sync_loss
-from models.unet import build_unet, check_unet_config, count_parameters, generate
+from models.unet import audio_positions, build_unet, check_unet_config, count_parameters, generate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,6 +79,22 @@ def test_tiny_unet_forward_backward_save_reload(tmp_path, tiny_models):
     again = UNet2DConditionModel.from_pretrained(tmp_path / "u")
     with torch.no_grad():
         assert torch.allclose(generate(unet.eval(), masked, ref, audio), generate(again.eval(), masked, ref, audio))
+
+
+def test_audio_window_order_reaches_the_unet(tiny_models):
+    """Cross-attention alone treats the window's feature frames as an unordered set (reversing the window
+    would not change the output); the position codes make the order, i.e. which audio is the frame's own,
+    visible to the UNet."""
+    codes = audio_positions(10, 32)
+    assert codes.shape == (10, 32) and codes.abs().max() <= 1
+    assert torch.cdist(codes, codes).add(torch.eye(10)).min() > 0.1  # every place has its own code
+    unet = build_unet(UNet2DConditionModel.load_config(tiny_models["unet"])).eval()
+    masked, ref, audio = torch.randn(2, 4, 16, 16), torch.randn(2, 4, 16, 16), torch.randn(2, 10, 32)
+    with torch.no_grad():
+        plain = [unet(torch.cat([masked, ref], 1), 0, encoder_hidden_states=a).sample for a in (audio, audio.flip(1))]
+        coded = [generate(unet, masked, ref, a) for a in (audio, audio.flip(1))]
+    assert torch.allclose(*plain, atol=1e-5)  # what the UNet saw without the codes
+    assert (coded[0] - coded[1]).abs().max() > 1e-3
 
 
 def test_unet_config_mismatch_is_a_clear_error(tiny_models):
