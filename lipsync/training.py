@@ -1,7 +1,8 @@
 """Shared trainer setup of unet_syncnet_lightning.py and unet_wav2lip_lightning.py.
 
 One place for: the common options, seeding and the data module, AdamW + warm-up/cosine schedule, strategies
-(DeepSpeed ZeRO-2 on GPUs, the same ZeRO-2 code path on a CPU-only machine through `CPUDeepSpeedStrategy`),
+(DeepSpeed ZeRO-2 on GPUs through `ZeroStage2Strategy`, the same ZeRO-2 code path on a CPU-only machine through
+`CPUDeepSpeedStrategy`),
 the run folder and checkpoints, and resuming.
 
 Run folder: `<output_dir>/<experiment>/version_K/` with `options.json` (the resolved options, also stored in
