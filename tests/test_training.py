@@ -147,6 +147,53 @@ def test_generator_sync_switch_resume_frozen_expert_and_merge(workdir, syncnet_r
             assert torch.allclose(generate(loaded.unet.eval(), *x), expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_zero_step_fused_checks_match_deepspeed_and_skip_nan_steps(workdir, syncnet_run, tiny_models, monkeypatch,
+                                                                     precision):
+    """ZeroStage2Strategy replaces ZeRO's per-tensor gradient checks (~5,000 GPU launches per step) with one
+    multi-tensor norm: the same norm as DeepSpeed's own loop, and a step whose gradients hold NaN is still skipped
+    (in bf16 that used to be the separate inf / NaN pass, now the norm's check)."""
+    from pytorch_lightning import Callback
+
+    from lipsync import training
+
+    class PoisonOneStep(Callback):
+        """At the third batch, every UNet gradient becomes NaN; record the weights around that step."""
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            if batch_idx == 2:
+                self.before = [p.detach().float().clone() for p in module.unet.parameters()]
+                self.hooks = [p.register_hook(lambda g: torch.full_like(g, float("nan")))
+                              for p in module.unet.parameters()]
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            if batch_idx == 2:
+                for hook in self.hooks:
+                    hook.remove()
+                self.after = [p.detach().float().clone() for p in module.unet.parameters()]
+
+    poison = PoisonOneStep()
+    make_trainer = training.make_trainer
+    monkeypatch.setattr(training, "make_trainer", lambda *a, **k: _with_callback(make_trainer(*a, **k), poison))
+    monkeypatch.chdir(workdir)
+    args = argv(workdir, 3, "--syncnet", str(syncnet_run[1] / "checkpoints" / "last.ckpt"),
+                "--unet_ckpt", tiny_models["unet"], "--precision", precision, "--output_dir", str(workdir / "nan"))
+    zero = unet_wav2lip_lightning.main(args).strategy.deepspeed_engine.optimizer
+    assert all(torch.equal(a, b) for a, b in zip(poison.before, poison.after))  # the NaN step was skipped
+
+    own_norm = type(zero).get_grad_norm_direct  # DeepSpeed's per-tensor loop, unpatched
+    params = zero.params_in_partition[0][:3]
+    grads = [torch.randn(p.shape, dtype=p.dtype) for p in params]
+    assert zero.get_grad_norm_direct is not own_norm
+    assert torch.allclose(zero.get_grad_norm_direct(grads, params), own_norm(zero, grads, params), rtol=1e-5)
+    grads[1][0] = float("inf")
+    assert zero.get_grad_norm_direct(grads, params).item() == own_norm(zero, grads, params).item() == -1.0
+
+
+def _with_callback(trainer, callback):
+    trainer.callbacks.append(callback)
+    return trainer
+
+
 def test_unet_audio_mismatch_is_one_line_before_training(workdir, tmp_path, monkeypatch, capsys):
     unet = model_zoo.save_unet(tmp_path / "unet16", model_zoo.tiny_unet_config(cross_attention_dim=16),
                                with_weights=False)
