@@ -66,9 +66,9 @@ def main(argv=None):
             steady = workers * sum(o.frames for o in later) / max(sum(o.total_s for o in later), 1e-9)
             rows.append((size, workers, len(done), frames, seconds, frames / seconds, steady, detect_share))
             print(f"size={size} workers={workers}: {frames} frames in {seconds:.1f} s = {frames / seconds:.1f} "
-                  f"frames/s; {steady:.1f} frames/s after each worker's first video (detection pass "
+                  f"frames/s; {steady:.1f} frames/s after each worker's first video (waiting for detection "
                   f"{detect_share:.0%} of worker time)", flush=True)
-    print("\ncrop px  workers  videos  frames  seconds  frames/s  after warm-up  detect share")
+    print("\ncrop px  workers  videos  frames  seconds  frames/s  after warm-up  detect wait")
     for size, workers, videos, frames, seconds, fps, steady, share in rows:
         print(f"{size:>7} {workers:>8} {videos:>7} {frames:>7} {seconds:>8.1f} {fps:>9.1f} {steady:>14.1f} "
               f"{share:>13.0%}")

@@ -56,8 +56,8 @@ class Outcome:
     status: str
     message: str = ""  # one line; why it failed
     frames: int = 0  # 25-fps frames decoded (video stage)
-    detect_s: float = 0.0  # seconds until the boxes were known (probe, audio, first decode pass, detection)
-    total_s: float = 0.0
+    detect_s: float = 0.0  # seconds spent waiting for the boxes (probe, audio, first decode pass, detection)
+    total_s: float = 0.0  # seconds of the worker's time
 
 
 def _attempt(name: str, work: Callable[[], Outcome]) -> Outcome:
@@ -81,7 +81,7 @@ def summarize(outcomes: list[Outcome], noun: str) -> str:
     if frames and seconds:
         detect = sum(o.detect_s for o in outcomes if o.status == "done")
         lines[0] += (f"; {frames} frames in {seconds:.1f} s ({frames / seconds:.1f} frames/s per worker, "
-                     f"detection pass {100 * detect / seconds:.0f} %)")
+                     f"waiting for detection {100 * detect / seconds:.0f} %)")
     lines += [f"  failed  {o.name}: {o.message}" for o in outcomes if o.status == "failed"]
     return "\n".join(lines)
 
@@ -179,20 +179,44 @@ class VideoPreprocessor:
         self.detector = None if settings.box else FaceDetector(
             settings.detect_size, device=self.device)
 
-    def __call__(self, job: VideoJob) -> Outcome:
-        return _attempt(job.name, lambda: self.process(job))
+    def run(self, jobs: Iterable[VideoJob]) -> Iterator[Outcome]:
+        """Outcome of every job, in order. Pass 1 of the next video (probe, audio, decode, detection) runs in a
+        background thread while this one's pass 2 encodes, so the detector's light GPU load and its decoding
+        overlap the encoder's GPU work instead of leaving the GPU idle. An Outcome's total_s is the worker's
+        wall time since the previous video ended (summed: the worker's time) and detect_s the part of it spent
+        waiting for pass 1."""
+        def first_passes():
+            for job in jobs:
+                try:
+                    yield job, self._first_pass(job)
+                except Exception as err:  # noqa: BLE001 - reported as this video's Outcome, in order
+                    yield job, err
 
-    def process(self, job: VideoJob) -> Outcome:
-        """Probe, read the audio, detect (pass 1), crop + encode (pass 2), then write the three files."""
+        last = time.perf_counter()
+        for job, first in background(first_passes(), maxsize=1):
+            waited = time.perf_counter() - last
+            outcome = _attempt(job.name, lambda: self._second_pass(job, first))
+            now = time.perf_counter()
+            outcome.total_s, outcome.detect_s, last = now - last, waited, now
+            yield outcome
+
+    def _first_pass(self, job: VideoJob) -> tuple:
+        """Probe, read the audio, decode and detect: (info, audio, boxes, found)."""
         s = self.settings
-        start = time.perf_counter()
         info = probe_video(job.video)  # fails fast on a file that is not a video
         audio = load_audio(job.video)  # fails fast on a video without audio; float32 [S] at 16 kHz
         boxes, found = face_boxes(iter_frames(job.video, target_fps=s.fps), self.detector, s.batch_size,
                                   pads=s.pads, smooth=s.smooth, box=s.box)
-        detect_s = time.perf_counter() - start
         if not found.any():
             raise UserError(f"no face found in any of its {len(found)} frames at {s.fps:g} fps")
+        return info, audio, boxes, found
+
+    def _second_pass(self, job: VideoJob, first: tuple | Exception) -> Outcome:
+        """Crop + encode (second decode), then write the three files."""
+        if isinstance(first, Exception):
+            raise first
+        s = self.settings
+        info, audio, boxes, found = first
         full, masked, frame_index = self._encode(job.video, boxes, found)
 
         job.out_dir.mkdir(parents=True, exist_ok=True)
@@ -221,7 +245,7 @@ class VideoPreprocessor:
         }
         with atomic_path(job.out_dir / META_FILE) as tmp:  # last: marks the folder complete
             tmp.write_text(_json_lines(meta))
-        return Outcome(job.name, "done", frames=len(found), detect_s=detect_s, total_s=time.perf_counter() - start)
+        return Outcome(job.name, "done", frames=len(found))
 
     @torch.inference_mode()
     def _encode(self, video: Path, boxes: np.ndarray, found: np.ndarray):
@@ -304,8 +328,8 @@ def _worker(rank: int, jobs: list[VideoJob], settings: VideoSettings, devices: l
     except UserError as err:  # e.g. a codec that does not load: fatal for the whole run
         results.put(err)
         return
-    for job in jobs[rank::num_workers]:
-        results.put(preprocessor(job))
+    for outcome in preprocessor.run(jobs[rank::num_workers]):
+        results.put(outcome)
 
 
 def run_video_jobs(jobs: list[VideoJob], settings: VideoSettings, devices: list[str],
@@ -315,8 +339,7 @@ def run_video_jobs(jobs: list[VideoJob], settings: VideoSettings, devices: list[
     if not jobs:
         return
     if num_workers == 1:
-        preprocessor = VideoPreprocessor(settings, devices[0])
-        yield from map(preprocessor, jobs)
+        yield from VideoPreprocessor(settings, devices[0]).run(jobs)
         return
     results = mp.get_context("spawn").Queue()
     context = mp.start_processes(_worker, args=(jobs, settings, devices, num_workers, results),

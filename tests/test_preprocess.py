@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -113,6 +114,23 @@ def test_bad_videos_are_reported_and_skipped(dataset):
     failures = sorted(line.split(":")[0].split()[-1] for line in lines[1:])
     assert failures == ["broken.mp4", "faceless.mp4"] and len(lines) == 3
     assert "no face" in summary and not (out / "faceless").exists() and not (out / "broken").exists()
+
+
+def test_next_videos_first_pass_overlaps_yet_outcomes_stay_in_order(dataset, tiny_models, tmp_path):
+    """VideoPreprocessor.run detects the next video in a background thread while it encodes this one: outcomes
+    still come in job order, a failing first pass becomes that video's outcome, and the worker's time adds up."""
+    from lipsync.preprocess import VideoPreprocessor, VideoSettings, video_jobs
+
+    raw, _, _ = dataset
+    videos = [raw / "broken.mp4", raw / "grid" / "gap.mp4", raw / "faceless.mp4", raw / "retalking" / "face5.mp4"]
+    start = time.perf_counter()
+    outcomes = list(VideoPreprocessor(VideoSettings(image_size=64, codec=tiny_models["vae"]))
+                    .run(video_jobs(videos, raw, tmp_path)))
+    wall = time.perf_counter() - start
+    assert [(o.name, o.status) for o in outcomes] == [("broken.mp4", "failed"), ("grid/gap.mp4", "done"),
+                                                      ("faceless.mp4", "failed"), ("retalking/face5.mp4", "done")]
+    assert "no face" in outcomes[2].message and (tmp_path / "grid" / "gap" / "meta.json").is_file()
+    assert all(0 <= o.detect_s <= o.total_s for o in outcomes) and sum(o.total_s for o in outcomes) <= wall
 
 
 def test_rerun_skips_finished_and_completes_interrupted(dataset, tiny_models):
