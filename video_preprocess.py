@@ -45,9 +45,9 @@ def parse_args(argv=None):
     p.add_argument("--devices", type=int, default=None, help="GPUs to use (default all visible; 0 = CPU)")
     p.add_argument("--num_workers", type=int, default=None,
                    help="worker processes, dealt videos round-robin (default one per GPU, 1 on CPU); on a GPU, 2-3 "
-                        "per GPU overlap one's decoding and cropping with another's encoding (H200, 768 px, "
-                        "--compile: 1 / 2 / 3 workers 47-52 / 53 / 58-59 frames/s once compiled; 2 workers on an 80 GB "
-                        "H100: 48 frames/s, 40 GB of GPU memory at most)")
+                        "per GPU overlap one's decoding and cropping with another's encoding (one H100, 768 px, "
+                        "--compile: 1 / 2 / 3 workers 52-53 / 55.5 / 58.5-58.7 frames/s once compiled; 2 workers "
+                        "use 40 GB of GPU memory at most)")
     p.add_argument("--shard", type=shard_spec, default=(0, 1), metavar="i/n",
                    help="process every n-th video starting at i, to split the list over machines")
     p.add_argument("--fps", type=float, default=timing.VIDEO_FPS, help="frame rate the videos are resampled to")
