@@ -55,30 +55,34 @@ class ZeroStage2Strategy(DeepSpeedStrategy):
 
 
 def fuse_zero_gradient_checks(zero_optimizer) -> bool:
-    """Make DeepSpeed ZeRO-1/2's optimizer step launch a few GPU kernels instead of ~10 per gradient tensor.
+    """Make DeepSpeed ZeRO-1/2's optimizer step launch a few GPU kernels instead of ~16 per gradient tensor.
 
-    Its step checks every gradient tensor for inf / NaN (`has_inf_or_nan`: ~6 kernels each, then a host sync),
-    then computes the clipping norm tensor by tensor (an fp64 copy and a norm each): ~5,200 launches per step for
-    the 80M UNet's 326 tensors, ~90 ms of host time during which the GPU idles (BENCHMARKS.md 1f). Here:
-    - the separate inf / NaN pass is skipped when the step computes the gradient norm anyway: a gradient holding
-      inf or NaN makes that norm inf / NaN, which DeepSpeed's step already treats as an overflow (the step is
-      skipped, exactly as before);
-    - the norm is one multi-tensor `torch._foreach_norm` (accumulating in the same dtype as DeepSpeed's).
-    Applied only to the plain single-model case this project runs (no CPU offload, model parallelism or MoE);
-    anything else keeps DeepSpeed's own code. Returns whether it applied."""
+    Its step checks every gradient tensor for inf / NaN (`has_inf_or_nan`: ~6 kernels each), then computes the
+    clipping norm tensor by tensor (an fp64 copy and a norm each): ~5,200 launches per step for the 80M UNet's
+    326 tensors, ~90 ms of host time during which the GPU idles (BENCHMARKS.md 1f). Both become multi-tensor
+    `torch._foreach_norm` calls accumulating in DeepSpeed's norm dtype: the same norm, and the same overflow
+    verdict (a tensor holding inf / NaN has an inf / NaN norm; in fp64 no finite bf16 / fp32 gradient reaches
+    inf), so a step with inf / NaN gradients is skipped exactly as before. DeepSpeed's own step logic is kept;
+    only these two per-tensor helpers of the optimizer instance are replaced, and only in the plain
+    single-model case this project runs (no CPU offload, model parallelism or MoE). Returns whether it applied."""
     from deepspeed.runtime.zero import stage_1_and_2 as zero
 
     if (not isinstance(zero_optimizer, zero.DeepSpeedZeroOptimizer) or zero_optimizer.cpu_offload
             or zero_optimizer.mpu is not None or zero_optimizer.has_moe_layers):
         return False
+    norm_dtype = zero.get_norm_dtype() if hasattr(zero, "get_norm_dtype") else torch.float64  # (0.17-0.18: fp64)
     own_norm = zero_optimizer.get_grad_norm_direct
+
+    def norms(grads: list) -> torch.Tensor:
+        """[G] L2 norm of each gradient tensor, in one multi-tensor launch (a few on long lists)."""
+        return torch.stack(torch._foreach_norm(grads, 2, dtype=norm_dtype))
 
     def grad_norm(gradients, params, norm_type=2):
         if float(norm_type) != 2.0:
             return own_norm(gradients, params, norm_type)
         grads = [g for g in gradients if not getattr(g, "_zero_padding", False)]
-        if grads:  # [G] per-tensor L2 norms -> squared sum, as DeepSpeed's loop does
-            total = torch.stack(torch._foreach_norm(grads, 2, dtype=zero.get_norm_dtype())).square().sum().float()
+        if grads:  # squared sum of the per-tensor norms, as DeepSpeed's loop does
+            total = norms(grads).square().sum().float()
         else:
             total = torch.zeros((), dtype=torch.float32, device=zero_optimizer.device)
         zero.dist.all_reduce(total, op=zero.dist.ReduceOp.SUM, group=zero_optimizer.dp_process_group)
@@ -86,9 +90,16 @@ def fuse_zero_gradient_checks(zero_optimizer) -> bool:
         zero.mask_nan_or_inf_with_val_inplace(total, device=zero_optimizer.device)  # inf / NaN -> -1: "overflow"
         return total
 
+    def any_inf_or_nan():
+        """[1] bool on the device, as DeepSpeed's loop returns it (has_overflow then all-reduces it)."""
+        grads = [g for i in range(len(zero_optimizer.bit16_groups))
+                 for g in (zero_optimizer.averaged_gradients[i] or ()) if g is not None]
+        if not grads:
+            return torch.zeros(1, dtype=torch.bool, device=zero_optimizer.device)
+        return norms(grads).sum().isfinite().logical_not().reshape(1)
+
     zero_optimizer.get_grad_norm_direct = grad_norm
-    if zero_optimizer.compute_grad_norm and zero_optimizer.check_grad_overflow:
-        zero_optimizer.check_overflow = lambda partition_gradients=True: None  # the norm's check covers it
+    zero_optimizer.has_overflow_partitioned_grads_serial = any_inf_or_nan
     return True
 
 

@@ -150,9 +150,9 @@ def test_generator_sync_switch_resume_frozen_expert_and_merge(workdir, syncnet_r
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
 def test_zero_step_fused_checks_match_deepspeed_and_skip_nan_steps(workdir, syncnet_run, tiny_models, monkeypatch,
                                                                      precision):
-    """ZeroStage2Strategy replaces ZeRO's per-tensor gradient checks (~5,000 GPU launches per step) with one
-    multi-tensor norm: the same norm as DeepSpeed's own loop, and a step whose gradients hold NaN is still skipped
-    (in bf16 that used to be the separate inf / NaN pass, now the norm's check)."""
+    """ZeroStage2Strategy replaces ZeRO's per-tensor gradient checks (~5,000 GPU launches per step) with
+    multi-tensor norms: the same norm and overflow verdicts as DeepSpeed's own loops, and a step whose gradients
+    hold NaN is still skipped."""
     from pytorch_lightning import Callback
 
     from lipsync import training
@@ -185,8 +185,15 @@ def test_zero_step_fused_checks_match_deepspeed_and_skip_nan_steps(workdir, sync
     grads = [torch.randn(p.shape, dtype=p.dtype) for p in params]
     assert zero.get_grad_norm_direct is not own_norm
     assert torch.allclose(zero.get_grad_norm_direct(grads, params), own_norm(zero, grads, params), rtol=1e-5)
+    own_overflow = type(zero).has_overflow_partitioned_grads_serial
+    assert zero.has_overflow_partitioned_grads_serial is not own_overflow
+    zero.averaged_gradients = {i: grads if i == 0 else [] for i in range(len(zero.bit16_groups))}
+    assert not zero.has_overflow_partitioned_grads_serial().item() and not own_overflow(zero).item()
     grads[1][0] = float("inf")
     assert zero.get_grad_norm_direct(grads, params).item() == own_norm(zero, grads, params).item() == -1.0
+    assert zero.has_overflow_partitioned_grads_serial().item() and own_overflow(zero).item()
+    grads[1][0] = float("nan")
+    assert zero.has_overflow_partitioned_grads_serial().item() and own_overflow(zero).item()
 
 
 def _with_callback(trainer, callback):
