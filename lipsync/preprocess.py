@@ -21,6 +21,7 @@ import json
 import os
 import queue
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,6 +163,14 @@ def _batches(items: Iterable, size: int) -> Iterator[list]:
         yield batch
 
 
+def _until(stop: threading.Event, items: Iterable) -> Iterator:
+    """`items` until `stop` is set, then an error (the caller is gone: nobody reads the result)."""
+    for item in items:
+        if stop.is_set():
+            raise RuntimeError("stopped")
+        yield item
+
+
 class VideoPreprocessor:
     """Loads the codec and the detector once, then turns videos into dataset folders (`__call__`)."""
 
@@ -185,27 +194,35 @@ class VideoPreprocessor:
         overlap the encoder's GPU work instead of leaving the GPU idle. An Outcome's total_s is the worker's
         wall time since the previous video ended (summed: the worker's time) and detect_s the part of it spent
         waiting for pass 1."""
+        stop = threading.Event()  # set when the consumer stops early (Ctrl-C): pass 1 quits within a frame
+
         def first_passes():
             for job in jobs:
                 try:
-                    yield job, self._first_pass(job)
+                    yield job, self._first_pass(job, stop)
                 except Exception as err:  # noqa: BLE001 - reported as this video's Outcome, in order
                     yield job, err
 
+        passes = background(first_passes(), maxsize=1)
         last = time.perf_counter()
-        for job, first in background(first_passes(), maxsize=1):
-            waited = time.perf_counter() - last
-            outcome = _attempt(job.name, lambda: self._second_pass(job, first))
-            now = time.perf_counter()
-            outcome.total_s, outcome.detect_s, last = now - last, waited, now
-            yield outcome
+        try:
+            for job, first in passes:
+                waited = time.perf_counter() - last
+                outcome = _attempt(job.name, lambda: self._second_pass(job, first))
+                now = time.perf_counter()
+                outcome.total_s, outcome.detect_s, last = now - last, waited, now
+                yield outcome
+        finally:  # before closing `passes`, which waits for its thread: it must not finish a long video first
+            stop.set()
+            passes.close()
 
-    def _first_pass(self, job: VideoJob) -> tuple:
+    def _first_pass(self, job: VideoJob, stop: threading.Event) -> tuple:
         """Probe, read the audio, decode and detect: (info, audio, boxes, found)."""
         s = self.settings
         info = probe_video(job.video)  # fails fast on a file that is not a video
         audio = load_audio(job.video)  # fails fast on a video without audio; float32 [S] at 16 kHz
-        boxes, found = face_boxes(iter_frames(job.video, target_fps=s.fps), self.detector, s.batch_size,
+        frames = iter_frames(job.video, target_fps=s.fps)
+        boxes, found = face_boxes(_until(stop, frames), self.detector, s.batch_size,
                                   pads=s.pads, smooth=s.smooth, box=s.box)
         if not found.any():
             raise UserError(f"no face found in any of its {len(found)} frames at {s.fps:g} fps")

@@ -133,6 +133,32 @@ def test_next_videos_first_pass_overlaps_yet_outcomes_stay_in_order(dataset, tin
     assert all(0 <= o.detect_s <= o.total_s for o in outcomes) and sum(o.total_s for o in outcomes) <= wall
 
 
+def test_stopping_early_abandons_the_next_videos_detection(dataset, tiny_models, tmp_path):
+    """Ctrl-C (the consumer closing run()) must not wait for the background pass 1 of a long next video."""
+    from lipsync.preprocess import VideoPreprocessor, VideoSettings, video_jobs
+
+    raw = tmp_path / "raw"
+    long_video = raw / "long.mp4"
+    write_video(long_video, [np.full((64, 64, 3), 90, np.uint8)] * 800, 25, audio=tone(32.0))
+    (raw / "gap.mp4").symlink_to(dataset[0] / "grid" / "gap.mp4")
+    preprocessor = VideoPreprocessor(VideoSettings(image_size=64, codec=tiny_models["vae"]))
+    detect, batches = preprocessor.detector.detect, []
+
+    def slow_detect(frames):  # the real detector, slowed down: 50 batches x 50 ms for the long video
+        if len(frames) and frames[0].mean() == 90:
+            batches.append(len(frames))
+            time.sleep(0.05)
+        return detect(frames)
+
+    preprocessor.detector.detect = slow_detect
+    outcomes = preprocessor.run(video_jobs([raw / "gap.mp4", long_video], raw, tmp_path / "out"))
+    assert next(outcomes).status == "done"
+    outcomes.close()
+    stopped_at = len(batches)
+    time.sleep(0.2)
+    assert stopped_at < 50 and len(batches) == stopped_at  # abandoned, and nothing runs on after close()
+
+
 def test_rerun_skips_finished_and_completes_interrupted(dataset, tiny_models):
     raw, out, _ = dataset
     finished, interrupted = out / "retalking" / "face5", out / "grid" / "lwbsza"
