@@ -172,7 +172,7 @@ def _until(stop: threading.Event, items: Iterable) -> Iterator:
 
 
 class VideoPreprocessor:
-    """Loads the codec and the detector once, then turns videos into dataset folders (`__call__`)."""
+    """Loads the codec and the detector once, then turns videos into dataset folders (`run`)."""
 
     def __init__(self, settings: VideoSettings, device="cpu"):
         self.settings = settings
