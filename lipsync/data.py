@@ -398,13 +398,16 @@ class WindowDataset(Dataset):
     number of usable windows). Val (train=False): a fixed list of val_samples Samples drawn once from
     default_rng(seed), labels alternating 1, 0. A Sample picks a video uniformly, then s uniformly among its
     anchors, then w uniformly among the windows >= T frames from s.
+    Floating-point tensors come out in `dtype` (float32 below; the training scripts pass the dtype Lightning would
+    otherwise cast each batch to on its main thread: `lipsync.training.batch_dtype`).
     """
 
     def __init__(self, folders, T: int = timing.SYNCNET_T, train: bool = True, samples_per_epoch: int | None = None,
-                 val_samples: int = 1024, seed: int = 0, audio_model_id: str | None = None):
+                 val_samples: int = 1024, seed: int = 0, audio_model_id: str | None = None,
+                 dtype: torch.dtype = torch.float32):
         self.videos = index_videos(folders, T, audio_model_id)
         self.audio_model_id = self.videos[0].audio_model_id
-        self.T, self.seed = T, seed
+        self.T, self.seed, self.dtype = T, seed, dtype
         # in shared memory, so set_epoch also reaches persistent DataLoader workers
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         if train:
@@ -435,33 +438,33 @@ class WindowDataset(Dataset):
         return Sample(v, s, int(rng.choice(video.far_starts(s))), label)
 
     def _sync_audio(self, video: VideoLatents, s: int) -> torch.Tensor:
-        """Audio of the window at row s: float32 [2T, D]."""
-        return timing.syncnet_audio_window(video.features(), int(video.frame_index[s]), self.T).float()
+        """Audio of the window at row s: [2T, D]."""
+        return timing.syncnet_audio_window(video.features(), int(video.frame_index[s]), self.T).to(self.dtype)
 
 
 class SyncNetDataset(WindowDataset):
-    """Items: faces float32 [T, C, h, w] (full latents of s if label else of w), audio float32 [2T, D] (of s),
-    label float32 [] (1 in sync, 0 not)."""
+    """Items (floating tensors in the dataset's dtype): faces [T, C, h, w] (full latents of s if label else of w),
+    audio [2T, D] (of s), label [] (1 in sync, 0 not)."""
 
     def __getitem__(self, idx: int) -> dict:
         video_i, s, w, label = self.sample(idx)
         video = self.videos[video_i]
-        return dict(faces=video.latents("full", s if label else w).float(),
+        return dict(faces=video.latents("full", s if label else w).to(self.dtype),
                     audio=self._sync_audio(video, s),
-                    label=torch.tensor(float(label)))
+                    label=torch.tensor(float(label), dtype=self.dtype))
 
 
 class GeneratorDataset(WindowDataset):
-    """Items: masked, reference (full latents of w), gt (full latents of s): float32 [T, C, h, w];
-    audio float32 [T, 10, D] (per-frame windows of s's frames); sync_audio float32 [2T, D]."""
+    """Items (in the dataset's dtype): masked, reference (full latents of w), gt (full latents of s): [T, C, h, w];
+    audio [T, 10, D] (per-frame windows of s's frames); sync_audio [2T, D]."""
 
     def __getitem__(self, idx: int) -> dict:
         video_i, s, w, _ = self.sample(idx)
         video = self.videos[video_i]
-        return dict(masked=video.latents("masked", s).float(),
-                    reference=video.latents("full", w).float(),
-                    gt=video.latents("full", s).float(),
-                    audio=timing.generator_audio_windows(video.features(), video.frames(s)).float(),
+        return dict(masked=video.latents("masked", s).to(self.dtype),
+                    reference=video.latents("full", w).to(self.dtype),
+                    gt=video.latents("full", s).to(self.dtype),
+                    audio=timing.generator_audio_windows(video.features(), video.frames(s)).to(self.dtype),
                     sync_audio=self._sync_audio(video, s))
 
 
@@ -511,13 +514,14 @@ class EpochSampler(Sampler[int]):
 class LatentDataModule(pl.LightningDataModule):
     """Train / val datasets of `task` ("syncnet" | "generator") from filelists_<dataset_name>/ under data_root.
 
-    overfit: validate on the train split (a fixed sample of it). latent_channels, latent_size, audio_dim,
+    overfit: validate on the train split (a fixed sample of it). dtype: of the batches' floating tensors.
+    latent_channels, latent_size, audio_dim,
     audio_model_id, codec_id, image_size describe the data (read from the first training video on first use).
     """
 
     def __init__(self, data_root, dataset_name: str, task: str = "syncnet", batch_size: int = 8,
                  num_workers: int = 4, T: int = timing.SYNCNET_T, train_samples_per_epoch: int | None = None,
-                 val_samples: int = 1024, seed: int = 0, overfit: bool = False):
+                 val_samples: int = 1024, seed: int = 0, overfit: bool = False, dtype: torch.dtype = torch.float32):
         super().__init__()
         if task not in TASKS:
             raise UserError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
@@ -525,7 +529,7 @@ class LatentDataModule(pl.LightningDataModule):
         self.data_root, self.dataset_name, self.task = Path(data_root), dataset_name, task
         self.batch_size, self.num_workers, self.T = batch_size, num_workers, T
         self.train_samples_per_epoch, self.val_samples = train_samples_per_epoch, val_samples
-        self.seed, self.overfit = seed, overfit
+        self.seed, self.overfit, self.dtype = seed, overfit, dtype
         self.train_dataset: WindowDataset | None = None
         self.val_dataset: WindowDataset | None = None
         self.description: DataDescription | None = None
@@ -543,12 +547,12 @@ class LatentDataModule(pl.LightningDataModule):
             return
         dataset = TASKS[self.task]
         self.train_dataset = dataset(read_filelist(self.dataset_name, "train", self.data_root), self.T, train=True,
-                                     samples_per_epoch=self.train_samples_per_epoch, seed=self.seed)
+                                     samples_per_epoch=self.train_samples_per_epoch, seed=self.seed, dtype=self.dtype)
         if len(self.train_dataset) < self.batch_size:
             raise UserError(f"{len(self.train_dataset)} training samples per epoch < batch size {self.batch_size}")
         val_split = "train" if self.overfit else "val"
         self.val_dataset = dataset(read_filelist(self.dataset_name, val_split, self.data_root), self.T, train=False,
-                                   val_samples=self.val_samples, seed=self.seed)
+                                   val_samples=self.val_samples, seed=self.seed, dtype=self.dtype)
         check_compatible(self.val_dataset.videos, self.train_dataset.videos[0])
 
     def describe(self) -> DataDescription:

@@ -230,7 +230,19 @@ def start_run(args, task: str):
     return LatentDataModule(args.data_root, args.dataset_name, task=task, batch_size=args.batch_size,
                             num_workers=args.num_workers, T=args.T,
                             train_samples_per_epoch=args.train_samples_per_epoch, val_samples=args.val_samples,
-                            seed=args.seed, overfit=args.overfit)
+                            seed=args.seed, overfit=args.overfit, dtype=batch_dtype(args))
+
+
+def batch_dtype(args) -> torch.dtype:
+    """The dtype of the batches' floating tensors: the one Lightning's precision plugin would cast every batch
+    to (DeepSpeed's for any 16-bit precision, and every "-true" one), so the loader workers deliver it instead.
+    Lightning's cast runs on the host's main thread before the batch moves to the GPU: at batch 16 of 96x96
+    latents the GPU sat idle ~38 ms per step waiting for it (BENCHMARKS.md 1g). float32 otherwise (autocast
+    casts on the GPU). The values are the same either way: the stored latents and features are fp16."""
+    half = {"bf16": torch.bfloat16, "16": torch.float16}.get(args.precision.split("-")[0])
+    if half is not None and (args.strategy == "deepspeed_stage_2" or args.precision.endswith("-true")):
+        return half
+    return torch.float32
 
 
 def data_card(data) -> dict:

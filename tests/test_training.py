@@ -196,6 +196,30 @@ def test_zero_step_fused_checks_match_deepspeed_and_skip_nan_steps(workdir, sync
     assert zero.has_overflow_partitioned_grads_serial().item() and own_overflow(zero).item()
 
 
+@pytest.mark.parametrize("strategy, precision, expected", [
+    ("deepspeed_stage_2", "bf16-mixed", torch.bfloat16), ("deepspeed_stage_2", "16-mixed", torch.float16),
+    ("deepspeed_stage_2", "32-true", torch.float32), ("auto", "bf16-mixed", torch.float32),
+    ("ddp", "bf16-true", torch.bfloat16)])
+def test_batches_arrive_in_the_dtype_lightning_would_cast_them_to(workdir, strategy, precision, expected):
+    """Lightning casts every batch on its main thread before moving it to the GPU (DeepSpeed: any 16-bit
+    precision); the loader workers deliver that dtype instead, with the same values as Lightning's cast."""
+    from lipsync.data import LatentDataModule
+    from lipsync.training import batch_dtype
+
+    args = unet_wav2lip_lightning.parse_args(["--data_root", "d", "--dataset_name", "n", "--syncnet", "s",
+                                              "--unet_ckpt", "u", "--strategy", strategy, "--precision", precision])
+    assert batch_dtype(args) == expected
+    data = {}
+    for dtype in (torch.float32, expected):
+        module = LatentDataModule(workdir / "data", "lrs2", task="generator", T=5, dtype=dtype, val_samples=2)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.chdir(workdir)
+            module.setup()
+        data[dtype] = module.train_dataset[3]
+    for key, value in data[expected].items():
+        assert value.dtype == expected and torch.equal(value, data[torch.float32][key].to(expected))
+
+
 def _with_callback(trainer, callback):
     trainer.callbacks.append(callback)
     return trainer
