@@ -398,8 +398,8 @@ class WindowDataset(Dataset):
     number of usable windows). Val (train=False): a fixed list of val_samples Samples drawn once from
     default_rng(seed), labels alternating 1, 0. A Sample picks a video uniformly, then s uniformly among its
     anchors, then w uniformly among the windows >= T frames from s.
-    Floating-point tensors come out in `dtype` (float32 below; the training scripts pass the dtype Lightning would
-    otherwise cast each batch to on its main thread: `lipsync.training.batch_dtype`).
+    Floating-point tensors come out in `dtype` (default float32; the training scripts pass the dtype Lightning
+    would otherwise cast each batch to on its main thread: `lipsync.training.batch_dtype`).
     """
 
     def __init__(self, folders, T: int = timing.SYNCNET_T, train: bool = True, samples_per_epoch: int | None = None,
@@ -515,8 +515,8 @@ class LatentDataModule(pl.LightningDataModule):
     """Train / val datasets of `task` ("syncnet" | "generator") from filelists_<dataset_name>/ under data_root.
 
     overfit: validate on the train split (a fixed sample of it). dtype: of the batches' floating tensors.
-    latent_channels, latent_size, audio_dim,
-    audio_model_id, codec_id, image_size describe the data (read from the first training video on first use).
+    latent_channels, latent_size, audio_dim, audio_model_id, codec_id, image_size describe the data (read from the
+    first training video on first use).
     """
 
     def __init__(self, data_root, dataset_name: str, task: str = "syncnet", batch_size: int = 8,
