@@ -1,0 +1,162 @@
+"""Where a generator training step's time goes, through the real script (BENCHMARKS.md 1e-1g).
+
+    python bench/bench_train_step.py [--profile_at 25] [--window 4] -- ARGS OF unet_wav2lip_lightning.py
+
+Runs `unet_wav2lip_lightning.main(ARGS)` unchanged, plus one callback and some host-side annotations
+(`torch.profiler.record_function` around DeepSpeed's engine forward / backward / step, the UNet forward, the sync
+loss, Lightning's data fetch, batch transfer and every Lightning hook). Reports the median step time over the
+unprofiled steps before the profiled window, then, from a torch.profiler window of `--window` steps: GPU work
+per step, GPU busy (kernel and copy time over the window), GPU operations launched per step, and the GPU's idle
+time (gaps between its operations) by the innermost host phase the main thread was in at each gap. Needs CUDA
+for the GPU columns; on a CPU it still runs the steps and reports the step time (a smoke run).
+Give --max_steps >= profile_at + window + 1 among ARGS.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import deepspeed.runtime.engine as deepspeed_engine  # noqa: E402
+from pytorch_lightning import Callback  # noqa: E402
+from pytorch_lightning.loops import fetchers  # noqa: E402
+from pytorch_lightning.trainer import call as lightning_call  # noqa: E402
+
+import models.wav2lip_module as wav2lip_module  # noqa: E402
+import unet_wav2lip_lightning  # noqa: E402
+from lipsync import training  # noqa: E402
+
+PHASES: set[str] = set()
+OUTSIDE = "(outside every annotated phase)"
+
+
+def annotate(owner, name: str, label: str) -> None:
+    """Wrap owner.name in a profiler range called `label`."""
+    function = getattr(owner, name)
+
+    def annotated(*args, **kwargs):
+        with torch.profiler.record_function(label):
+            return function(*args, **kwargs)
+
+    setattr(owner, name, annotated)
+    PHASES.add(label)
+
+
+def annotate_lightning_hooks() -> None:
+    """Every Lightning hook call (callbacks, LightningModule, strategy) gets a range named after the hook."""
+    for dispatcher, kind in (("_call_callback_hooks", "callback"), ("_call_lightning_module_hook", "module"),
+                             ("_call_strategy_hook", "strategy")):
+        function = getattr(lightning_call, dispatcher)
+
+        def annotated(trainer, hook_name, *args, _function=function, _kind=kind, **kwargs):
+            label = f"{_kind}:{hook_name}"
+            PHASES.add(label)
+            with torch.profiler.record_function(label):
+                return _function(trainer, hook_name, *args, **kwargs)
+
+        setattr(lightning_call, dispatcher, annotated)
+
+
+def idle_by_phase(events, window: int) -> dict:
+    """GPU busy / idle per step from a profiler's events, the idle time split by the main thread's phase."""
+    is_gpu = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+    intervals = sorted((e.time_range.start, e.time_range.end) for e in is_gpu)  # microseconds
+    merged: list[list[float]] = []
+    for start, end in intervals:
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    span = merged[-1][1] - merged[0][0]
+    busy = sum(end - start for start, end in merged)
+    ranges = [e for e in events if e.device_type == torch.autograd.DeviceType.CPU and e.name in PHASES]
+    step_threads = collections.Counter(e.thread for e in ranges)  # Lightning runs its hooks on the main thread
+    main = step_threads.most_common(1)[0][0] if step_threads else None
+    ranges = [e for e in ranges if e.thread == main]
+    idle: collections.Counter = collections.Counter()
+    for (_, gap_start), (gap_end, _) in zip(merged, merged[1:]):
+        middle = (gap_start + gap_end) / 2
+        around = [e for e in ranges if e.time_range.start <= middle <= e.time_range.end]
+        phase = min(around, key=lambda e: e.time_range.elapsed_us()).name if around else OUTSIDE
+        idle[phase] += (gap_end - gap_start) / 1e3 / window
+    return {"gpu_ms": busy / 1e3 / window, "busy": busy / span, "ops": len(is_gpu) / window, "idle": idle}
+
+
+class StepProfile(Callback):
+    """Times every step; profiles steps [profile_at, profile_at + window)."""
+
+    def __init__(self, profile_at: int, window: int):
+        self.profile_at, self.window = profile_at, window
+        self.starts: list[float] = []
+        self.profiler = None
+        self.result: dict | None = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.starts.append(time.perf_counter())
+        step = len(self.starts) - 1
+        if step == self.profile_at:
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            if torch.cuda.is_available():
+                activities.append(torch.profiler.ProfilerActivity.CUDA)
+            self.profiler = torch.profiler.profile(activities=activities)
+            self.profiler.__enter__()
+        if step == self.profile_at + self.window and self.profiler is not None:
+            self.profiler.__exit__(None, None, None)
+            events = self.profiler.events()
+            has_gpu = any(e.device_type == torch.autograd.DeviceType.CUDA for e in events)
+            self.result = idle_by_phase(events, self.window) if has_gpu else {}
+            self.profiler = None
+
+    def report(self) -> None:
+        steps = [b - a for a, b in zip(self.starts, self.starts[1:])][5:self.profile_at]  # after warm-up
+        if not steps:
+            raise SystemExit("bench_train_step: too few steps: give --max_steps >= profile_at + window + 1")
+        print(f"\nstep time, median of {len(steps)} unprofiled steps: {1e3 * statistics.median(steps):.1f} ms")
+        if torch.cuda.is_available():
+            print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+        if not self.result:
+            print("no GPU events (CPU run, or the profiled window was not reached): step time only")
+            return
+        r = self.result
+        print(f"profiled window: GPU work {r['gpu_ms']:.1f} ms/step, GPU busy {100 * r['busy']:.1f} %, "
+              f"{r['ops']:.0f} GPU operations/step, idle {sum(r['idle'].values()):.1f} ms/step")
+        print("\n| phase the main thread was in while the GPU idled | idle ms/step |\n|---|---|")
+        for phase, ms in r["idle"].most_common(12):
+            print(f"| {phase} | {ms:.2f} |")
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    split = argv.index("--") if "--" in argv else len(argv)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--profile_at", type=int, default=25, help="first profiled step")
+    p.add_argument("--window", type=int, default=4, help="profiled steps")
+    args = p.parse_args(argv[:split])
+    annotate(deepspeed_engine.DeepSpeedEngine, "forward", "deepspeed:forward")
+    annotate(deepspeed_engine.DeepSpeedEngine, "backward", "deepspeed:backward")
+    annotate(deepspeed_engine.DeepSpeedEngine, "step", "deepspeed:step")
+    annotate(wav2lip_module, "generate", "unet forward")
+    annotate(wav2lip_module.Wav2LipModule, "expert_sync_loss", "sync loss")
+    annotate(fetchers._PrefetchDataFetcher, "__next__", "data fetch")
+    annotate_lightning_hooks()
+    profile = StepProfile(args.profile_at, args.window)
+    make_trainer = training.make_trainer
+
+    def make_profiled_trainer(*a, **kw):
+        trainer = make_trainer(*a, **kw)
+        trainer.callbacks.append(profile)
+        return trainer
+
+    training.make_trainer = make_profiled_trainer
+    unet_wav2lip_lightning.main(argv[split + 1:])
+    profile.report()
+
+
+if __name__ == "__main__":
+    main()
