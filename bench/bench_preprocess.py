@@ -58,16 +58,16 @@ def main(argv=None):
                 if o.status == "failed":
                     print(f"FAILED {o.name}: {o.message}", flush=True)
             frames = sum(o.frames for o in done)
-            detect_share = sum(o.detect_s for o in done) / max(sum(o.total_s for o in done), 1e-9)
+            detect_wait = sum(o.detect_s for o in done) / max(sum(o.total_s for o in done), 1e-9)
             # after warm-up: outcomes arrive in completion order; the first `workers` carry each worker's model
             # load and (--compile) compilation. Each worker handles one video at a time, so the workers together
             # turn out workers x frames / worker-seconds.
             later = done[workers:]
             steady = workers * sum(o.frames for o in later) / max(sum(o.total_s for o in later), 1e-9)
-            rows.append((size, workers, len(done), frames, seconds, frames / seconds, steady, detect_share))
+            rows.append((size, workers, len(done), frames, seconds, frames / seconds, steady, detect_wait))
             print(f"size={size} workers={workers}: {frames} frames in {seconds:.1f} s = {frames / seconds:.1f} "
                   f"frames/s; {steady:.1f} frames/s after each worker's first video (waiting for detection "
-                  f"{detect_share:.0%} of worker time)", flush=True)
+                  f"{detect_wait:.0%} of worker time)", flush=True)
     print("\ncrop px  workers  videos  frames  seconds  frames/s  after warm-up  detect wait")
     for size, workers, videos, frames, seconds, fps, steady, share in rows:
         print(f"{size:>7} {workers:>8} {videos:>7} {frames:>7} {seconds:>8.1f} {fps:>9.1f} {steady:>14.1f} "
