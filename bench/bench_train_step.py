@@ -1,4 +1,4 @@
-"""Where a generator training step's time goes, through the real script (BENCHMARKS.md 1e-1g).
+"""Where a generator training step's time goes, through the real script (BENCHMARKS.md 1e-1h).
 
     python bench/bench_train_step.py [--profile_at 25] [--window 4] -- ARGS OF unet_wav2lip_lightning.py
 
@@ -7,7 +7,8 @@ Runs `unet_wav2lip_lightning.main(ARGS)` unchanged, plus one callback and some h
 loss, Lightning's data fetch, batch transfer and every Lightning hook). Reports the median step time over the
 unprofiled steps before the profiled window, then, from a torch.profiler window of `--window` steps: GPU work
 per step, GPU busy (kernel and copy time over the window), GPU operations launched per step, and the GPU's idle
-time (gaps between its operations) by the innermost host phase the main thread was in at each gap. Needs CUDA
+time (gaps between its operations) by the innermost host phase the main thread was in at each gap, and the GPU
+time by kernel class (attention, convolution, matmul, fused Triton, ...) and by kernel. Needs CUDA
 for the GPU columns; on a CPU it still runs the steps and reports the step time (a smoke run).
 Give --max_steps >= profile_at + window + 1 among ARGS.
 """
@@ -63,9 +64,16 @@ def annotate_lightning_hooks() -> None:
         setattr(lightning_call, dispatcher, annotated)
 
 
+def gpu_operations(events) -> list:
+    """The kernels, copies and fills the GPU ran. Not the GPU-side copies of `record_function` ranges
+    (user annotations): they span from a range's first kernel to its last, gaps included."""
+    return [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA
+            and not getattr(e, "is_user_annotation", False) and e.name not in PHASES]
+
+
 def idle_by_phase(events, window: int) -> dict:
     """GPU busy / idle per step from a profiler's events, the idle time split by the main thread's phase."""
-    is_gpu = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+    is_gpu = gpu_operations(events)
     intervals = sorted((e.time_range.start, e.time_range.end) for e in is_gpu)  # microseconds
     merged: list[list[float]] = []
     for start, end in intervals:
@@ -88,11 +96,40 @@ def idle_by_phase(events, window: int) -> dict:
     return {"gpu_ms": busy / 1e3 / window, "busy": busy / span, "ops": len(is_gpu) / window, "idle": idle}
 
 
+KERNEL_CLASSES = (  # (class, substrings of the kernel name), first match wins; names as CUDA reports them on sm90
+    ("compiled fused kernels (Triton; their names list the ops they fuse)", ("triton",)),
+    ("attention (SDPA: cuDNN / flash / mem-efficient)", ("sdpa", "fmha", "flash", "attention")),
+    ("convolution (cuDNN fprop / dgrad / wgrad, layout transforms)", ("fprop", "dgrad", "wgrad", "conv",
+                                                                       "nchwtonhwc", "nhwctonchw")),
+    ("matmul (cuBLAS / CUTLASS)", ("gemm", "nvjet", "cutlass", "xmma")),
+    ("normalisation (eager GroupNorm / LayerNorm)", ("norm", "moments")),
+    ("optimizer and gradient checks (multi-tensor)", ("multi_tensor", "foreach")),
+    ("copies and fills", ("memcpy", "memset", "copy", "fill")),
+    ("elementwise and reductions (eager)", ("elementwise", "reduce", "vectorized")),
+)
+
+
+def kernel_class(name: str) -> str:
+    lowered = name.lower()
+    return next((label for label, keys in KERNEL_CLASSES if any(k in lowered for k in keys)), "other")
+
+
+def gpu_time_by_kernel(events, window: int) -> tuple[collections.Counter, collections.Counter]:
+    """Summed GPU time (ms per step) by kernel class and by kernel name."""
+    by_class: collections.Counter = collections.Counter()
+    by_name: collections.Counter = collections.Counter()
+    for e in gpu_operations(events):
+        ms = e.time_range.elapsed_us() / 1e3 / window
+        by_class[kernel_class(e.name)] += ms
+        by_name[e.name] += ms
+    return by_class, by_name
+
+
 class StepProfile(Callback):
     """Times every step; profiles steps [profile_at, profile_at + window)."""
 
-    def __init__(self, profile_at: int, window: int):
-        self.profile_at, self.window = profile_at, window
+    def __init__(self, profile_at: int, window: int, kernels: int = 15):
+        self.profile_at, self.window, self.kernels = profile_at, window, kernels
         self.starts: list[float] = []
         self.profiler = None
         self.result: dict | None = None
@@ -109,8 +146,10 @@ class StepProfile(Callback):
         if step == self.profile_at + self.window and self.profiler is not None:
             self.profiler.__exit__(None, None, None)
             events = self.profiler.events()
-            has_gpu = any(e.device_type == torch.autograd.DeviceType.CUDA for e in events)
+            has_gpu = bool(gpu_operations(events))
             self.result = idle_by_phase(events, self.window) if has_gpu else {}
+            if has_gpu:
+                self.result["by_class"], self.result["by_name"] = gpu_time_by_kernel(events, self.window)
             self.profiler = None
 
     def report(self) -> None:
@@ -129,6 +168,13 @@ class StepProfile(Callback):
         print("\n| phase the main thread was in while the GPU idled | idle ms/step |\n|---|---|")
         for phase, ms in r["idle"].most_common(12):
             print(f"| {phase} | {ms:.2f} |")
+        total = sum(r["by_class"].values())
+        print("\n| GPU time by kernel class | ms/step | share |\n|---|---|---|")
+        for label, ms in r["by_class"].most_common():
+            print(f"| {label} | {ms:.1f} | {100 * ms / total:.1f} % |")
+        print(f"\n| the {self.kernels} longest kernels (summed per step) | class | ms/step |\n|---|---|---|")
+        for name, ms in r["by_name"].most_common(self.kernels):
+            print(f"| {name[:90]} | {kernel_class(name).split(' (')[0]} | {ms:.2f} |")
 
 
 def main(argv=None):
@@ -137,6 +183,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--profile_at", type=int, default=25, help="first profiled step")
     p.add_argument("--window", type=int, default=4, help="profiled steps")
+    p.add_argument("--kernels", type=int, default=15, help="list this many of the longest GPU kernels")
     args = p.parse_args(argv[:split])
     annotate(deepspeed_engine.DeepSpeedEngine, "forward", "deepspeed:forward")
     annotate(deepspeed_engine.DeepSpeedEngine, "backward", "deepspeed:backward")
@@ -145,7 +192,7 @@ def main(argv=None):
     annotate(wav2lip_module.Wav2LipModule, "expert_sync_loss", "sync loss")
     annotate(fetchers._PrefetchDataFetcher, "__next__", "data fetch")
     annotate_lightning_hooks()
-    profile = StepProfile(args.profile_at, args.window)
+    profile = StepProfile(args.profile_at, args.window, args.kernels)
     make_trainer = training.make_trainer
 
     def make_profiled_trainer(*a, **kw):

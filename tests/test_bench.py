@@ -1,0 +1,45 @@
+"""The benchmarks' own analysis: a wrong analysis reports a wrong bottleneck. Events are real torch.profiler
+FunctionEvent objects built with known times (a CPU run records no GPU events to analyse)."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+from torch.autograd import DeviceType
+from torch.autograd.profiler_util import FunctionEvent
+
+
+@pytest.fixture(scope="module")
+def bench_train_step():
+    path = Path(__file__).resolve().parents[1] / "bench" / "bench_train_step.py"
+    spec = importlib.util.spec_from_file_location("bench_train_step", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.PHASES.update({"deepspeed:forward", "deepspeed:step"})
+    return module
+
+
+def event(name, start, end, thread=1, gpu=False, annotation=False):
+    return FunctionEvent(id=0, name=name, thread=thread, start_us=start, end_us=end,
+                         device_type=DeviceType.CUDA if gpu else DeviceType.CPU, is_user_annotation=annotation)
+
+
+def test_gpu_idle_is_split_by_the_main_threads_phase_and_annotations_are_not_gpu_work(bench_train_step):
+    sdpa = "cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16"
+    events = [
+        event("deepspeed:forward", 0, 1000), event("deepspeed:step", 1000, 3000),  # the main thread's phases
+        event("deepspeed:step", 1100, 1200, thread=7),  # another thread: ignored for phases
+        event(sdpa, 0, 800, gpu=True),  # GPU busy 0-800 us
+        event("sm90_xmma_fprop_implicit_gemm_bf16", 800, 1000, gpu=True),  # 800-1000
+        event("triton_poi_fused_add_convolution_0", 2500, 3000, gpu=True),  # idle 1000-2500, in the step
+        event("deepspeed:forward", 0, 3000, gpu=True, annotation=True),  # the range on the GPU timeline
+    ]
+    window = 2
+    result = bench_train_step.idle_by_phase(events, window)
+    assert result["busy"] == pytest.approx(1500 / 3000)  # the annotation's span does not fill the gap
+    assert result["ops"] == pytest.approx(3 / window)
+    assert result["gpu_ms"] == pytest.approx(1.5 / window)
+    assert dict(result["idle"]) == pytest.approx({"deepspeed:step": 1.5 / window})
+    by_class, by_name = bench_train_step.gpu_time_by_kernel(events, window)
+    shares = {label.split(" (")[0]: ms for label, ms in by_class.items()}
+    assert shares == pytest.approx({"attention": 0.4, "convolution": 0.1, "compiled fused kernels": 0.25})
+    assert "deepspeed:forward" not in by_name
