@@ -227,6 +227,7 @@ def start_run(args, task: str):
     pl.seed_everything(args.seed, workers=True)
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
+        torch.backends.cudnn.benchmark = True  # fixed batch shapes: cuDNN times its convolution kernels once
     return LatentDataModule(args.data_root, args.dataset_name, task=task, batch_size=args.batch_size,
                             num_workers=args.num_workers, T=args.T,
                             train_samples_per_epoch=args.train_samples_per_epoch, val_samples=args.val_samples,
