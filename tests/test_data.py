@@ -172,17 +172,19 @@ def test_val_is_fixed_and_train_changes_with_epoch(videos):
     assert [train.sample(i) for i in range(16)] != epoch0
 
 
-def test_datamodule_workers_describe_and_epochs(videos, tmp_path, monkeypatch):
+@pytest.mark.parametrize("worker_start", ["auto", "forkserver"])  # auto: fork here (CUDA never initialized)
+def test_datamodule_workers_describe_and_epochs(videos, tmp_path, monkeypatch, worker_start):
     root, _ = videos
     monkeypatch.chdir(tmp_path)
     (tmp_path / "filelists_hdtf").mkdir()
     (tmp_path / "filelists_hdtf" / "train.txt").write_text("spk0/a\nspk0/b\nspk2/a\n")
     (tmp_path / "filelists_hdtf" / "val.txt").write_text("spk1/a\nspk3/a\n")
     dm = data.LatentDataModule(root, "hdtf", task="generator", batch_size=4, num_workers=2,
-                               train_samples_per_epoch=8, val_samples=8)
+                               train_samples_per_epoch=8, val_samples=8, worker_start=worker_start)
     assert dm.latent_channels == 4 and dm.audio_model_id == MODEL_ID  # before setup, as training scripts use it
     assert dm.describe() == data.DataDescription(4, 8, 3, MODEL_ID, "tiny/vae", 32)
     dm.setup("fit")
+    assert dm.val_dataloader().multiprocessing_context.get_start_method() == worker_start.replace("auto", "fork")
     val_batches = list(dm.val_dataloader())
     direct = [dm.val_dataset[i] for i in range(8)]
     assert torch.equal(torch.cat([b["audio"] for b in val_batches]), torch.stack([d["audio"] for d in direct]))
