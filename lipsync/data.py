@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import gc
 import json
 import os
 import pickle
@@ -34,6 +35,7 @@ from typing import NamedTuple
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.utilities.seed import pl_worker_init_function
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -515,19 +517,13 @@ class LatentDataModule(pl.LightningDataModule):
     """Train / val datasets of `task` ("syncnet" | "generator") from filelists_<dataset_name>/ under data_root.
 
     overfit: validate on the train split (a fixed sample of it). dtype: of the batches' floating tensors.
-    worker_start: how loader workers start: "fork", "forkserver", or "auto" = forkserver once this process has
-    initialized CUDA, else fork. A forked worker inherits the parent's memory, CUDA tensors included, and one that
-    frees such a tensor (its garbage collector collecting a cycle the parent had left) aborts with "CUDA error:
-    initialization error": 2 of 8 `--compile` runs on an H100 lost their training workers so. forkserver workers
-    start from a process that never touched CUDA; the datasets are picklable (VideoLatents holds paths).
     latent_channels, latent_size, audio_dim, audio_model_id, codec_id, image_size describe the data (read from the
     first training video on first use).
     """
 
     def __init__(self, data_root, dataset_name: str, task: str = "syncnet", batch_size: int = 8,
                  num_workers: int = 4, T: int = timing.SYNCNET_T, train_samples_per_epoch: int | None = None,
-                 val_samples: int = 1024, seed: int = 0, overfit: bool = False, dtype: torch.dtype = torch.float32,
-                 worker_start: str = "auto"):
+                 val_samples: int = 1024, seed: int = 0, overfit: bool = False, dtype: torch.dtype = torch.float32):
         super().__init__()
         if task not in TASKS:
             raise UserError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
@@ -535,7 +531,7 @@ class LatentDataModule(pl.LightningDataModule):
         self.data_root, self.dataset_name, self.task = Path(data_root), dataset_name, task
         self.batch_size, self.num_workers, self.T = batch_size, num_workers, T
         self.train_samples_per_epoch, self.val_samples = train_samples_per_epoch, val_samples
-        self.seed, self.overfit, self.dtype, self.worker_start = seed, overfit, dtype, worker_start
+        self.seed, self.overfit, self.dtype = seed, overfit, dtype
         self.train_dataset: WindowDataset | None = None
         self.val_dataset: WindowDataset | None = None
         self.description: DataDescription | None = None
@@ -577,9 +573,20 @@ class LatentDataModule(pl.LightningDataModule):
 
     def _loader(self, dataset: WindowDataset, **kwargs) -> DataLoader:
         if self.num_workers > 0:
-            start = self.worker_start
-            if start == "auto":
-                start = "forkserver" if torch.cuda.is_initialized() else "fork"
-            kwargs.update(multiprocessing_context=start, persistent_workers=True)
+            gc.collect()  # no garbage left for the forked workers to inherit (see freeze_inherited_objects)
+            kwargs.update(worker_init_fn=freeze_inherited_objects, persistent_workers=True)
         return DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers,
                           pin_memory=torch.cuda.is_available(), **kwargs)
+
+
+def freeze_inherited_objects(worker_id: int) -> None:
+    """DataLoader worker_init_fn: the objects a forked worker inherits are never garbage-collected in it.
+    A worker forked after CUDA is initialized inherits the parent's CUDA tensors; if its collector frees one (a
+    cycle that was garbage in the parent, e.g. left by torch.compile), the worker aborts with "CUDA error:
+    initialization error": 2 of 9 `--compile` training runs on an H100 lost their loader workers so at the first
+    step. gc.freeze() moves everything inherited into the permanent generation (Python's documented pattern for
+    fork without exec, which also keeps the collector from touching, and so copying, the parent's pages). The
+    datasets draw with explicit generators; Lightning's worker seeding runs as before when enabled."""
+    gc.freeze()
+    if os.environ.get("PL_SEED_WORKERS") == "1":  # seed_everything(workers=True); ours replaces its worker_init_fn
+        pl_worker_init_function(worker_id)

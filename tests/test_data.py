@@ -1,8 +1,11 @@
 """lipsync.data: group-level filelists, windows over dropped frames, negatives, audio windows, fixed validation,
 per-epoch training items, DataLoader workers, encoder mismatch."""
+import gc
+
 import numpy as np
 import pytest
 import torch
+from lightning_fabric.utilities.seed import pl_worker_init_function
 
 import make_filelists
 from lipsync import data, timing
@@ -172,19 +175,17 @@ def test_val_is_fixed_and_train_changes_with_epoch(videos):
     assert [train.sample(i) for i in range(16)] != epoch0
 
 
-@pytest.mark.parametrize("worker_start", ["auto", "forkserver"])  # auto: fork here (CUDA never initialized)
-def test_datamodule_workers_describe_and_epochs(videos, tmp_path, monkeypatch, worker_start):
+def test_datamodule_workers_describe_and_epochs(videos, tmp_path, monkeypatch):
     root, _ = videos
     monkeypatch.chdir(tmp_path)
     (tmp_path / "filelists_hdtf").mkdir()
     (tmp_path / "filelists_hdtf" / "train.txt").write_text("spk0/a\nspk0/b\nspk2/a\n")
     (tmp_path / "filelists_hdtf" / "val.txt").write_text("spk1/a\nspk3/a\n")
     dm = data.LatentDataModule(root, "hdtf", task="generator", batch_size=4, num_workers=2,
-                               train_samples_per_epoch=8, val_samples=8, worker_start=worker_start)
+                               train_samples_per_epoch=8, val_samples=8)
     assert dm.latent_channels == 4 and dm.audio_model_id == MODEL_ID  # before setup, as training scripts use it
     assert dm.describe() == data.DataDescription(4, 8, 3, MODEL_ID, "tiny/vae", 32)
     dm.setup("fit")
-    assert dm.val_dataloader().multiprocessing_context.get_start_method() == worker_start.replace("auto", "fork")
     val_batches = list(dm.val_dataloader())
     direct = [dm.val_dataset[i] for i in range(8)]
     assert torch.equal(torch.cat([b["audio"] for b in val_batches]), torch.stack([d["audio"] for d in direct]))
@@ -197,6 +198,40 @@ def test_datamodule_workers_describe_and_epochs(videos, tmp_path, monkeypatch, w
     dm.train_dataset.set_epoch(1)
     assert torch.equal(epoch1, torch.stack([dm.train_dataset[i]["gt"] for i in range(8)]))
     assert not torch.equal(epoch0, epoch1)
+
+
+class WorkerState(torch.utils.data.Dataset):
+    """Reports, from inside a loader worker, how many objects the collector has frozen and the worker's seed."""
+
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, idx):
+        return torch.tensor([gc.get_freeze_count(), torch.initial_seed()])
+
+
+def test_loader_workers_never_collect_inherited_objects_and_keep_lightning_seeding(videos, tmp_path, monkeypatch):
+    root, _ = videos
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "filelists_hdtf").mkdir()
+    (tmp_path / "filelists_hdtf" / "train.txt").write_text("spk0/a\nspk2/a\n")
+    (tmp_path / "filelists_hdtf" / "val.txt").write_text("spk1/a\n")
+    dm = data.LatentDataModule(root, "hdtf", task="generator", batch_size=2, num_workers=1, val_samples=2)
+    dm.setup("fit")
+    init_fn = dm.train_dataloader().worker_init_fn
+    assert init_fn is dm.val_dataloader().worker_init_fn is data.freeze_inherited_objects
+    assert gc.get_freeze_count() == 0  # this process freezes nothing
+
+    def worker_state(**kwargs):
+        loader = torch.utils.data.DataLoader(WorkerState(), num_workers=1, generator=torch.Generator().manual_seed(3),
+                                             **kwargs)
+        return next(iter(loader))[0].tolist()
+
+    assert worker_state()[0] == 0  # a plain forked worker would collect what it inherited
+    frozen, seed = worker_state(worker_init_fn=init_fn)
+    assert frozen > 1000  # everything the worker inherited (torch, Lightning, the dataset)
+    monkeypatch.setenv("PL_SEED_WORKERS", "1")  # what seed_everything(workers=True) sets
+    assert worker_state(worker_init_fn=init_fn)[1] == worker_state(worker_init_fn=pl_worker_init_function)[1] != seed
 
 
 def test_mixed_audio_encoders_are_an_error(videos, tmp_path):
