@@ -175,12 +175,17 @@ def test_val_is_fixed_and_train_changes_with_epoch(videos):
     assert [train.sample(i) for i in range(16)] != epoch0
 
 
+def write_hdtf_filelists(cwd, monkeypatch, train: list[str], val: list[str]) -> None:
+    """filelists_hdtf/{train,val}.txt in cwd, made the working directory (where the data module reads them)."""
+    monkeypatch.chdir(cwd)
+    (cwd / "filelists_hdtf").mkdir()
+    (cwd / "filelists_hdtf" / "train.txt").write_text("".join(name + "\n" for name in train))
+    (cwd / "filelists_hdtf" / "val.txt").write_text("".join(name + "\n" for name in val))
+
+
 def test_datamodule_workers_describe_and_epochs(videos, tmp_path, monkeypatch):
     root, _ = videos
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "filelists_hdtf").mkdir()
-    (tmp_path / "filelists_hdtf" / "train.txt").write_text("spk0/a\nspk0/b\nspk2/a\n")
-    (tmp_path / "filelists_hdtf" / "val.txt").write_text("spk1/a\nspk3/a\n")
+    write_hdtf_filelists(tmp_path, monkeypatch, train=["spk0/a", "spk0/b", "spk2/a"], val=["spk1/a", "spk3/a"])
     dm = data.LatentDataModule(root, "hdtf", task="generator", batch_size=4, num_workers=2,
                                train_samples_per_epoch=8, val_samples=8)
     assert dm.latent_channels == 4 and dm.audio_model_id == MODEL_ID  # before setup, as training scripts use it
@@ -212,10 +217,7 @@ class WorkerState(torch.utils.data.Dataset):
 
 def test_loader_workers_never_collect_inherited_objects_and_keep_lightning_seeding(videos, tmp_path, monkeypatch):
     root, _ = videos
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "filelists_hdtf").mkdir()
-    (tmp_path / "filelists_hdtf" / "train.txt").write_text("spk0/a\nspk2/a\n")
-    (tmp_path / "filelists_hdtf" / "val.txt").write_text("spk1/a\n")
+    write_hdtf_filelists(tmp_path, monkeypatch, train=["spk0/a", "spk2/a"], val=["spk1/a"])
     dm = data.LatentDataModule(root, "hdtf", task="generator", batch_size=2, num_workers=1, val_samples=2)
     dm.setup("fit")
     init_fn = dm.train_dataloader().worker_init_fn
