@@ -39,7 +39,10 @@ class ZeroStage2Strategy(DeepSpeedStrategy):
     - DeepSpeed's throughput timer off: it calls torch.cuda.synchronize() at every forward and every optimizer
       step (only to print samples/s, which the logs already give), and each synchronisation lets the GPU run dry
       while the host refills its queue;
-    - the optimizer step's per-tensor gradient checks fused (`fuse_zero_gradient_checks`)."""
+    - the optimizer step's per-tensor gradient checks fused (`fuse_zero_gradient_checks`);
+    - in bf16, the skip-this-step decision left on the GPU (`decide_overflow_on_device`);
+    - with one process, no overlap of gradient reduction and backward: there is nothing to overlap, and ZeRO's
+      overlap mode calls torch.cuda.synchronize() at every gradient bucket and at the end of each backward."""
 
     def __init__(self, **kw):
         super().__init__(stage=2, **kw)
@@ -47,10 +50,13 @@ class ZeroStage2Strategy(DeepSpeedStrategy):
     def _format_config(self):
         super()._format_config()
         self.config.setdefault("timers", {"throughput": {"enabled": False}})
+        if self.world_size == 1:
+            self.config["zero_optimization"]["overlap_comm"] = False
 
     def _setup_model_and_optimizer(self, model, optimizer, lr_scheduler=None):
         engine, zero_optimizer = super()._setup_model_and_optimizer(model, optimizer, lr_scheduler)
         fuse_zero_gradient_checks(zero_optimizer)
+        decide_overflow_on_device(zero_optimizer)
         return engine, zero_optimizer
 
 
@@ -101,6 +107,60 @@ def fuse_zero_gradient_checks(zero_optimizer) -> bool:
     zero_optimizer.get_grad_norm_direct = grad_norm
     zero_optimizer.has_overflow_partitioned_grads_serial = any_inf_or_nan
     return True
+
+
+def decide_overflow_on_device(zero_optimizer) -> bool:
+    """Keep DeepSpeed ZeRO-1/2's bf16 optimizer step free of host reads of GPU values.
+
+    DeepSpeed's step reads its overflow verdict (`.item()`) and tests the global gradient norm (`bool(tensor)`)
+    on the host to decide whether to skip the step. Each read waits for the whole backward to finish; then the
+    GPU idles while the host launches the update: 11-19 ms of a 435 ms step (BENCHMARKS.md 1h). Here the verdict
+    stays a device tensor: an inf / NaN global norm (DeepSpeed's -1 sentinel included) becomes the fused torch
+    optimizer's `found_inf` (the contract of PyTorch's GradScaler: with found_inf = 1 the fused kernel leaves
+    weights, moments and step counts untouched), so a step with inf / NaN gradients still changes nothing. What
+    differs: DeepSpeed no longer learns that a step was skipped (its skipped_steps stays 0, and the learning-rate
+    schedule advances on that step). Only in bf16 with a static loss scale of 1 (fp16's dynamic loss scaling
+    needs the verdict on the host), with the gradient norm computed, and for a fused optimizer that takes
+    found_inf (`configure_adamw` makes AdamW fused under DeepSpeed). Returns whether it applied."""
+    from deepspeed.runtime.zero import stage_1_and_2 as zero
+
+    inner = getattr(zero_optimizer, "optimizer", None)
+    if (not isinstance(zero_optimizer, zero.DeepSpeedZeroOptimizer) or zero_optimizer.cpu_offload
+            or zero_optimizer.mpu is not None or zero_optimizer.has_moe_layers
+            or zero_optimizer.dtype != torch.bfloat16 or zero_optimizer.dynamic_loss_scale
+            or zero_optimizer.loss_scale != 1.0 or not zero_optimizer.compute_grad_norm
+            or zero_optimizer.torch_autocast_gradscaler is not None
+            or not getattr(inner, "_step_supports_amp_scaling", False)):
+        return False
+    zero_optimizer.check_grad_overflow = False  # step() no longer reads the verdict nor tests the norm on the host
+    clip = float(zero_optimizer.clip_grad)
+
+    def unscale_and_clip_grads(grad_groups_flat, total_norm):
+        """[] total norm -> found_inf for the optimizer; gradients divided by max(1, norm / clip), on the device."""
+        if not all(group.get("fused") for group in inner.param_groups):
+            _make_fused(inner)  # resumed from a checkpoint whose AdamW was not fused
+        invalid = ~torch.isfinite(total_norm) | (total_norm < 0)
+        inner.found_inf = invalid.float()  # read by the fused kernel: 1 -> this step changes nothing
+        if clip > 0.0:
+            factor = torch.clamp((total_norm + 1e-6) / clip, min=1.0)  # DeepSpeed's clip factor (loss scale 1)
+            factor = torch.where(invalid, torch.ones_like(factor), factor)
+            for grad in grad_groups_flat:
+                grad.mul_(factor.reciprocal())
+
+    zero_optimizer.unscale_and_clip_grads = unscale_and_clip_grads
+    return True
+
+
+def _make_fused(optimizer: torch.optim.Optimizer) -> None:
+    """Switch a torch Adam / AdamW to its fused kernel (the same update rule), state included: the fused kernel
+    wants each parameter's step count as a float32 tensor on the parameter's device. Resuming restores the
+    checkpoint's param-group flags, and runs saved before AdamW was fused under DeepSpeed hold fused=False."""
+    for group in optimizer.param_groups:
+        group["fused"], group["foreach"] = True, False
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            if "step" in state:
+                state["step"] = state["step"].to(device=param.device, dtype=torch.float32)
 
 
 class CPUDeepSpeedStrategy(ZeroStage2Strategy):
@@ -196,11 +256,15 @@ def lr_factor(step: int, config: OptimConfig, total_steps: float) -> float:
 
 
 def _fused_adamw_pays(module: torch.nn.Module, params) -> bool:
-    """Fused AdamW (one kernel over all parameters) where it pays and Lightning takes it: on the CPU, whose
-    per-tensor AdamW is ~4x slower (the demo's 14.6M-parameter SyncNet: 36 vs 8.5 ms of a ~110 ms step), in full
-    precision. Not on CUDA: there the optimizer is < 2 % of a step, and Lightning's mixed-precision plugin refuses
-    to clip the gradients of a fused optimizer."""
+    """Fused AdamW (one kernel over all parameters) where it pays and Lightning takes it:
+    - under DeepSpeed (any device): ZeRO then decides on the GPU whether a step is skipped
+      (`decide_overflow_on_device` hands the verdict to the fused kernel), and clips the gradients itself;
+    - on the CPU in full precision, whose per-tensor AdamW is ~4x slower (the demo's 14.6M-parameter SyncNet: 36
+      vs 8.5 ms of a ~110 ms step).
+    Not with Lightning's own mixed-precision plugin, which refuses to clip the gradients of a fused optimizer."""
     trainer = getattr(module, "_trainer", None)
+    if trainer is not None and isinstance(trainer.strategy, DeepSpeedStrategy):
+        return True
     precision = str(trainer.precision) if trainer is not None else "32-true"
     return precision in ("32-true", "64-true") and all(p.device.type == "cpu" for p in params)
 

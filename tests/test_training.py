@@ -152,7 +152,7 @@ def test_zero_step_fused_checks_match_deepspeed_and_skip_nan_steps(workdir, sync
                                                                      precision):
     """ZeroStage2Strategy replaces ZeRO's per-tensor gradient checks (~5,000 GPU launches per step) with
     multi-tensor norms: the same norm and overflow verdicts as DeepSpeed's own loops, and a step whose gradients
-    hold NaN is still skipped."""
+    hold NaN is still skipped (in bf16 by the fused AdamW, told on the device)."""
     from pytorch_lightning import Callback
 
     from lipsync import training
@@ -175,10 +175,19 @@ def test_zero_step_fused_checks_match_deepspeed_and_skip_nan_steps(workdir, sync
     make_trainer = training.make_trainer
     monkeypatch.setattr(training, "make_trainer", lambda *a, **k: _with_callback(make_trainer(*a, **k), poison))
     monkeypatch.chdir(workdir)
-    args = argv(workdir, 3, "--syncnet", str(syncnet_run[1] / "checkpoints" / "last.ckpt"),
+    args = argv(workdir, 4, "--syncnet", str(syncnet_run[1] / "checkpoints" / "last.ckpt"),
                 "--unet_ckpt", tiny_models["unet"], "--precision", precision, "--output_dir", str(workdir / "nan"))
-    zero = unet_wav2lip_lightning.main(args).strategy.deepspeed_engine.optimizer
+    trainer = unet_wav2lip_lightning.main(args)
+    zero = trainer.strategy.deepspeed_engine.optimizer
     assert all(torch.equal(a, b) for a, b in zip(poison.before, poison.after))  # the NaN step was skipped
+    final = [p.detach().float() for p in trainer.lightning_module.unet.parameters()]
+    assert all(p.isfinite().all() for p in final)  # ... and left no NaN in the moments: step 4 trained on
+    assert not all(torch.equal(a, b) for a, b in zip(poison.after, final))
+    # bf16: the skip was decided on the device (DeepSpeed's host check off; the fused AdamW took found_inf)
+    on_device = precision == "bf16-mixed"
+    assert hasattr(zero.optimizer, "found_inf") is on_device and not (on_device and zero.check_grad_overflow)
+    assert all(group["fused"] for group in zero.optimizer.param_groups)
+    assert not zero.overlap_comm  # one process: no reduction to overlap (and no synchronize per bucket)
 
     own_norm = type(zero).get_grad_norm_direct  # DeepSpeed's per-tensor loop, unpatched
     params = zero.params_in_partition[0][:3]
@@ -194,6 +203,25 @@ def test_zero_step_fused_checks_match_deepspeed_and_skip_nan_steps(workdir, sync
     assert zero.has_overflow_partitioned_grads_serial().item() and own_overflow(zero).item()
     grads[1][0] = float("nan")
     assert zero.has_overflow_partitioned_grads_serial().item() and own_overflow(zero).item()
+
+
+def test_bf16_run_saved_with_an_unfused_adamw_resumes(workdir, syncnet_run, tiny_models, monkeypatch):
+    """Runs saved before AdamW was fused under DeepSpeed restore fused=False into the optimizer; the step that
+    hands the skip verdict to the fused kernel switches it back (the unfused kernel would refuse found_inf)."""
+    from lipsync import training
+
+    monkeypatch.chdir(workdir)
+    common = ["--syncnet", str(syncnet_run[1] / "checkpoints" / "last.ckpt"), "--unet_ckpt", tiny_models["unet"],
+              "--precision", "bf16-mixed", "--output_dir", str(workdir / "unfused")]
+    with monkeypatch.context() as old_rule:
+        old_rule.setattr(training, "_fused_adamw_pays", lambda module, params: False)
+        saved = unet_wav2lip_lightning.main(argv(workdir, 3, *common))
+    assert not saved.strategy.deepspeed_engine.optimizer.optimizer.param_groups[0]["fused"]
+    last = workdir / "unfused" / "latent_wav2lip_experiment" / "version_0" / "checkpoints" / "last.ckpt"
+    resumed = unet_wav2lip_lightning.main(argv(workdir, 5, *common, "--ckpt", str(last)))
+    adam = resumed.strategy.deepspeed_engine.optimizer.optimizer
+    assert resumed.global_step == 5 and all(group["fused"] for group in adam.param_groups)
+    assert {int(state["step"]) for state in adam.state.values()} == {5}
 
 
 @pytest.mark.parametrize("strategy, precision, expected", [
@@ -237,17 +265,20 @@ def test_unet_audio_mismatch_is_one_line_before_training(workdir, tmp_path, monk
     assert not (tmp_path / "latent_wav2lip_experiment").exists()
 
 
-@pytest.mark.parametrize("precision, fused", [("32-true", True), ("bf16-mixed", False)])
-def test_adamw_is_fused_only_where_lightning_takes_it(precision, fused):
-    """Fused AdamW on the CPU in full precision (~4x faster there); never under Lightning's mixed-precision
-    plugin, which refuses to clip a fused optimizer's gradients (what the scripts' --gradient_clip_val does)."""
+@pytest.mark.parametrize("precision, deepspeed, fused", [("32-true", False, True), ("bf16-mixed", False, False),
+                                                         ("bf16-mixed", True, True)])
+def test_adamw_is_fused_only_where_lightning_takes_it(precision, deepspeed, fused):
+    """Fused AdamW on the CPU in full precision (~4x faster there) and under DeepSpeed (which clips itself, and
+    tells the fused kernel to skip an inf / NaN step); never under Lightning's mixed-precision plugin, which
+    refuses to clip a fused optimizer's gradients (what the scripts' --gradient_clip_val does)."""
     import pytorch_lightning as pl
 
-    from lipsync.training import OptimConfig, configure_adamw
+    from lipsync.training import CPUDeepSpeedStrategy, OptimConfig, configure_adamw
 
     module = pl.LightningModule()
     module.layer = torch.nn.Linear(4, 4)
-    module.trainer = pl.Trainer(accelerator="cpu", precision=precision, logger=False, enable_progress_bar=False)
+    module.trainer = pl.Trainer(accelerator="cpu", precision=precision, logger=False, enable_progress_bar=False,
+                                strategy=CPUDeepSpeedStrategy() if deepspeed else "auto")
     optimizer = configure_adamw(module, OptimConfig(lr=1e-3, weight_decay=0.0, warmup_steps=0, schedule="constant"),
                                 total_steps=10)["optimizer"]
     assert optimizer.defaults["fused"] is fused
