@@ -171,9 +171,41 @@ def test_zero_step_fused_checks_match_deepspeed_and_skip_nan_steps(workdir, sync
                     hook.remove()
                 self.after = [p.detach().float().clone() for p in module.unet.parameters()]
 
-    poison = PoisonOneStep()
+    class CountHostReads(Callback):
+        """Counts reads of tensor values on the host (.item(), bool(), float(), .tolist()) inside ZeRO's step:
+        on a GPU each one waits for the queued work to finish, and the GPU then idles while the host goes on."""
+        reads = 0
+
+        def on_train_start(self, trainer, module):
+            zero_optimizer = trainer.strategy.deepspeed_engine.optimizer
+            zero_optimizer.step = self.counted(zero_optimizer.step)
+
+        def counted(self, step):
+            def counted_step(*args, **kwargs):
+                names = ("item", "__bool__", "__float__", "tolist")
+                own = {name: torch.Tensor.__dict__.get(name) for name in names}
+                for name in names:
+                    setattr(torch.Tensor, name, self.counting(getattr(torch.Tensor, name)))
+                try:
+                    return step(*args, **kwargs)
+                finally:
+                    for name in names:
+                        if own[name] is None:  # inherited from the C base class: uncover it again
+                            delattr(torch.Tensor, name)
+                        else:
+                            setattr(torch.Tensor, name, own[name])
+            return counted_step
+
+        def counting(self, read):
+            def counting_read(tensor, *args, **kwargs):
+                self.reads += 1
+                return read(tensor, *args, **kwargs)
+            return counting_read
+
+    poison, host_reads = PoisonOneStep(), CountHostReads()
     make_trainer = training.make_trainer
-    monkeypatch.setattr(training, "make_trainer", lambda *a, **k: _with_callback(make_trainer(*a, **k), poison))
+    monkeypatch.setattr(training, "make_trainer",
+                        lambda *a, **k: _with_callback(_with_callback(make_trainer(*a, **k), poison), host_reads))
     monkeypatch.chdir(workdir)
     args = argv(workdir, 4, "--syncnet", str(syncnet_run[1] / "checkpoints" / "last.ckpt"),
                 "--unet_ckpt", tiny_models["unet"], "--precision", precision, "--output_dir", str(workdir / "nan"))
@@ -186,6 +218,14 @@ def test_zero_step_fused_checks_match_deepspeed_and_skip_nan_steps(workdir, sync
     # bf16: the skip was decided on the device (DeepSpeed's host check off; the fused AdamW took found_inf)
     on_device = precision == "bf16-mixed"
     assert hasattr(zero.optimizer, "found_inf") is on_device and not (on_device and zero.check_grad_overflow)
+    assert (host_reads.reads == 0) is on_device  # DeepSpeed's own step reads its verdicts on the host
+    own_clip = type(zero).unscale_and_clip_grads
+    for norm in (0.5, 3.0):  # under and over --gradient_clip_val 1.0: the same gradients as DeepSpeed's clipping
+        grad = torch.randn(10)
+        ours, theirs = grad.clone(), grad.clone()
+        zero.unscale_and_clip_grads([ours], torch.tensor(norm))
+        own_clip(zero, [theirs], torch.tensor(norm))
+        assert torch.allclose(ours, theirs, rtol=1e-6) and torch.allclose(ours, grad / max(1.0, norm), rtol=1e-5)
     assert all(group["fused"] for group in zero.optimizer.param_groups)
     assert not zero.overlap_comm  # one process: no reduction to overlap (and no synchronize per bucket)
 
