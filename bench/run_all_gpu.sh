@@ -18,3 +18,6 @@ timeout 50 python3 bench/bench_dataloader.py --root /tmp/bdl --videos 32 --frame
   --workers 0 4 8 --gpu_windows_per_s 35 2>&1 | grep -v -i warn > "$out/dataloader.log"; tail -6 "$out/dataloader.log"
 # compiled inference (--modes compile+graph) compiles for ~60-70 s per crop size (H200, BENCHMARKS.md 4f): give it
 # a call of its own, e.g. --sizes 256 --modes compile+graph --presets veryfast ultrafast (BENCHMARKS.md 4d)
+# The training step's profile (BENCHMARKS.md 1h-1i; ~60 s eager, ~250 s with a cold --compile) also gets a call of
+# its own: python3 bench/train_smoke.py --work /tmp/ts --only none --steps 2, cp -r /tmp/ts/filelists_smoke ., then
+# python3 bench/bench_train_step.py --profile_at 22 --window 4 --kernels 25 -- (1h's arguments) [--compile]
