@@ -93,7 +93,9 @@ def fuse_zero_gradient_checks(zero_optimizer) -> bool:
             total = torch.zeros((), dtype=torch.float32, device=zero_optimizer.device)
         zero.dist.all_reduce(total, op=zero.dist.ReduceOp.SUM, group=zero_optimizer.dp_process_group)
         total = total.sqrt()
-        zero.mask_nan_or_inf_with_val_inplace(total, device=zero_optimizer.device)  # inf / NaN -> -1: "overflow"
+        # inf / NaN -> -1, DeepSpeed's "overflow" sentinel (its own helper makes the -1 with torch.tensor(): on a
+        # GPU a blocking copy from the host, which waits for all the queued work)
+        total.masked_fill_(~total.isfinite(), -1.0)
         return total
 
     def any_inf_or_nan():

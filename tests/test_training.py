@@ -171,10 +171,13 @@ def test_zero_step_fused_checks_match_deepspeed_and_skip_nan_steps(workdir, sync
                     hook.remove()
                 self.after = [p.detach().float().clone() for p in module.unet.parameters()]
 
-    class CountHostReads(Callback):
-        """Counts reads of tensor values on the host (.item(), bool(), float(), .tolist()) inside ZeRO's step:
-        on a GPU each one waits for the queued work to finish, and the GPU then idles while the host goes on."""
-        reads = 0
+    class CountHostWaits(Callback):
+        """Counts, inside ZeRO's optimizer step, what would make the host wait for the GPU's queued work on a GPU:
+        reading a tensor's value on the host (.item(), bool(), float(), .tolist(), .cpu(), .numpy()) and making
+        a tensor from host data (torch.tensor / torch.as_tensor: a blocking copy). Meanwhile the GPU idles."""
+        waits = 0
+        targets = [(torch.Tensor, name) for name in ("item", "__bool__", "__float__", "__int__", "tolist", "cpu",
+                                                     "numpy")] + [(torch, "tensor"), (torch, "as_tensor")]
 
         def on_train_start(self, trainer, module):
             zero_optimizer = trainer.strategy.deepspeed_engine.optimizer
@@ -182,30 +185,29 @@ def test_zero_step_fused_checks_match_deepspeed_and_skip_nan_steps(workdir, sync
 
         def counted(self, step):
             def counted_step(*args, **kwargs):
-                names = ("item", "__bool__", "__float__", "tolist")
-                own = {name: torch.Tensor.__dict__.get(name) for name in names}
-                for name in names:
-                    setattr(torch.Tensor, name, self.counting(getattr(torch.Tensor, name)))
+                own = [owner.__dict__.get(name) for owner, name in self.targets]
+                for owner, name in self.targets:
+                    setattr(owner, name, self.counting(getattr(owner, name)))
                 try:
                     return step(*args, **kwargs)
                 finally:
-                    for name in names:
-                        if own[name] is None:  # inherited from the C base class: uncover it again
-                            delattr(torch.Tensor, name)
+                    for (owner, name), function in zip(self.targets, own):
+                        if function is None:  # inherited from torch's C base class: uncover it again
+                            delattr(owner, name)
                         else:
-                            setattr(torch.Tensor, name, own[name])
+                            setattr(owner, name, function)
             return counted_step
 
-        def counting(self, read):
-            def counting_read(tensor, *args, **kwargs):
-                self.reads += 1
-                return read(tensor, *args, **kwargs)
-            return counting_read
+        def counting(self, function):
+            def counting_call(*args, **kwargs):
+                self.waits += 1
+                return function(*args, **kwargs)
+            return counting_call
 
-    poison, host_reads = PoisonOneStep(), CountHostReads()
+    poison, host_waits = PoisonOneStep(), CountHostWaits()
     make_trainer = training.make_trainer
     monkeypatch.setattr(training, "make_trainer",
-                        lambda *a, **k: _with_callback(_with_callback(make_trainer(*a, **k), poison), host_reads))
+                        lambda *a, **k: _with_callback(_with_callback(make_trainer(*a, **k), poison), host_waits))
     monkeypatch.chdir(workdir)
     args = argv(workdir, 4, "--syncnet", str(syncnet_run[1] / "checkpoints" / "last.ckpt"),
                 "--unet_ckpt", tiny_models["unet"], "--precision", precision, "--output_dir", str(workdir / "nan"))
@@ -218,7 +220,7 @@ def test_zero_step_fused_checks_match_deepspeed_and_skip_nan_steps(workdir, sync
     # bf16: the skip was decided on the device (DeepSpeed's host check off; the fused AdamW took found_inf)
     on_device = precision == "bf16-mixed"
     assert hasattr(zero.optimizer, "found_inf") is on_device and not (on_device and zero.check_grad_overflow)
-    assert (host_reads.reads == 0) is on_device  # DeepSpeed's own step reads its verdicts on the host
+    assert (host_waits.waits == 0) is on_device  # DeepSpeed's own step (fp32) reads its verdicts on the host
     own_clip = type(zero).unscale_and_clip_grads
     for norm in (0.5, 3.0):  # under and over --gradient_clip_val 1.0: the same gradients as DeepSpeed's clipping
         grad = torch.randn(10)
