@@ -16,6 +16,7 @@ checkpoints hold only trainable weights, buffers and the `model_card`.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 from dataclasses import dataclass
@@ -23,7 +24,8 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.callbacks import (Callback, LearningRateMonitor, ModelCheckpoint, RichProgressBar,
+                                         TQDMProgressBar)
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.strategies import DDPStrategy, DeepSpeedStrategy
 
@@ -392,6 +394,52 @@ class RunCheckpoint(ModelCheckpoint):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
+class _LossesShownWithoutWaiting:
+    """Progress-bar mixin: shows the training module's latest losses (`losses_to_show`, a dict of detached
+    tensors that each training step sets) without making the host wait for the GPU.
+
+    Lightning turns every progress-bar value into a Python number at every step (`.item()`). On a GPU that waits
+    for all the work queued so far, and the GPU then idles while the host fetches and launches the next step.
+    Here the losses of every `log_every_n_steps`-th step start an asynchronous copy to (pinned) host memory,
+    shown once the copy has landed, a step or two later; nothing ever waits for it."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._shown: dict[str, float] = {}
+        self._in_flight = None  # (host copies, CUDA event recorded after them)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self._in_flight is not None and self._in_flight[1].query():
+            self._shown = {name: value.item() for name, value in self._in_flight[0].items()}  # host memory
+            self._in_flight = None
+        losses = getattr(pl_module, "losses_to_show", None)
+        if losses and self._in_flight is None and (trainer.global_step - 1) % trainer.log_every_n_steps == 0:
+            if any(value.is_cuda for value in losses.values()):
+                copies = {name: value.to("cpu", non_blocking=True) for name, value in losses.items()}
+                event = torch.cuda.Event()
+                event.record()
+                self._in_flight = (copies, event)
+            else:  # nothing to wait for
+                self._shown = {name: value.item() for name, value in losses.items()}
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def get_metrics(self, trainer, pl_module):
+        return {**super().get_metrics(trainer, pl_module), **self._shown}
+
+
+class RichLossProgressBar(_LossesShownWithoutWaiting, RichProgressBar):
+    """Lightning's rich progress bar (its default where `rich` is installed), losses shown without waiting."""
+
+
+class TQDMLossProgressBar(_LossesShownWithoutWaiting, TQDMProgressBar):
+    """Lightning's tqdm progress bar, losses shown without waiting."""
+
+
+def progress_bar() -> Callback:
+    """The progress bar Lightning would pick (rich where installed), showing the losses without waiting."""
+    return RichLossProgressBar() if importlib.util.find_spec("rich") else TQDMLossProgressBar()
+
+
 def make_trainer(args, experiment_name: str, monitor: str, filename: str, mode: str = "min") -> pl.Trainer:
     """Trainer writing to <output_dir>/<experiment_name>/version_K/, keeping the top-k checkpoints by `monitor`
     (`filename` is a ModelCheckpoint pattern, e.g. "syncnet-u-{step}-{val/loss:.3f}") and last.ckpt."""
@@ -409,7 +457,7 @@ def make_trainer(args, experiment_name: str, monitor: str, filename: str, mode: 
         check_val_every_n_epoch=None if step_interval else 1,  # int intervals count batches across epochs
         accumulate_grad_batches=args.accumulate_grad_batches, gradient_clip_val=args.gradient_clip_val,
         log_every_n_steps=args.log_every_n_steps, logger=loggers,
-        callbacks=[checkpoints, LearningRateMonitor(logging_interval="step"), RunOptions(vars(args))])
+        callbacks=[checkpoints, LearningRateMonitor(logging_interval="step"), RunOptions(vars(args)), progress_bar()])
 
 
 def check_resume(path, module: pl.LightningModule) -> None:

@@ -118,8 +118,14 @@ def all_pairs_sync_loss(face: torch.Tensor, audio: torch.Tensor, label: torch.Te
     bce = -torch.where(positive, p.log(), (1 - p).log())
     # mean over the in-sync pairs and mean over the off-sync pairs, averaged: the same 50/50 weighting as
     # sync_loss on balanced labels, so cos 0.5 stays the decision threshold
-    means = [bce[rows].mean() for rows in (positive, ~positive) if rows.any()]
-    return torch.stack(means).mean()
+    # (as masked sums: selecting the rows, or asking whether any exist, would read the mask on the host, a wait
+    # for the GPU at every step)
+    means, present = [], []
+    for rows in (positive.float(), (~positive).float()):
+        count = rows.sum()
+        means.append((bce * rows).sum() / count.clamp(min=1))
+        present.append((count > 0).float())
+    return (means[0] * present[0] + means[1] * present[1]) / (present[0] + present[1])
 
 
 def sync_correct(probability: torch.Tensor, label: torch.Tensor) -> torch.Tensor:

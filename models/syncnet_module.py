@@ -24,6 +24,7 @@ class SyncNetModule(pl.LightningModule):
         self.register_buffer("model_card", encode_model_card(card))
         self.optim = optim
         self.batch_negatives = batch_negatives
+        self.losses_to_show: dict[str, torch.Tensor] = {}  # the last training step's, for the progress bar
 
     def _step(self, batch, stage: str) -> torch.Tensor:
         # faces [B, T, C, h, w], audio [B, 2T, D], label [B] (1 = in sync)
@@ -33,7 +34,8 @@ class SyncNetModule(pl.LightningModule):
         p = pair_probability(face, audio).float()  # [B] cosine in [0, 1], read as P(in sync)
         if stage == "train":
             loss = all_pairs_sync_loss(face, audio, label) if self.batch_negatives else sync_loss(p, label)
-            self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+            self.log("train/loss", loss, batch_size=batch_size)
+            self.losses_to_show = {"train/loss": loss.detach()}
             return loss
         loss = sync_loss(p, label)
         positive = label > 0.5

@@ -54,6 +54,7 @@ class Wav2LipModule(pl.LightningModule):
         self.sync_start_val_sync = sync_start_val_sync
         self.lower_half_weight = lower_half_weight
         self.codec_id = codec_id
+        self.losses_to_show: dict[str, torch.Tensor] = {}  # the last training step's, for the progress bar
 
     def on_fit_start(self):
         self.expert.to(self.device)
@@ -97,10 +98,13 @@ class Wav2LipModule(pl.LightningModule):
         weight = self.sync_weight if self.sync_active() else 0.0
         total = recon + weight * sync if weight else recon  # no backward through the expert while off
         train = stage == "train"
-        self.log_dict({f"{stage}/recon_loss": recon, f"{stage}/sync_loss": sync, f"{stage}/total": total},
-                      prog_bar=True, on_step=train, on_epoch=not train, sync_dist=not train,
+        losses = {f"{stage}/recon_loss": recon, f"{stage}/sync_loss": sync, f"{stage}/total": total}
+        # training losses reach the progress bar through losses_to_show (training.progress_bar() never waits for
+        # the GPU); Lightning's prog_bar=True would read them on the host at every step
+        self.log_dict(losses, prog_bar=not train, on_step=train, on_epoch=not train, sync_dist=not train,
                       batch_size=gt.shape[0])
         if train:
+            self.losses_to_show = {name: value.detach() for name, value in losses.items()}
             # from the buffer, on the device: a Python float would be copied to the GPU (a synchronisation)
             self.log("train/sync_weight", self.sync_on * self.sync_weight, batch_size=gt.shape[0])
         return total, generated

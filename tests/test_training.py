@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from pytorch_lightning import Callback
 
 import unet_syncnet_lightning
 import unet_wav2lip_lightning
@@ -147,14 +148,87 @@ def test_generator_sync_switch_resume_frozen_expert_and_merge(workdir, syncnet_r
             assert torch.allclose(generate(loaded.unet.eval(), *x), expected, atol=1e-5)
 
 
+def _mask_index(tensor, index, *rest) -> bool:
+    """tensor[index] selects by a boolean mask: the result's size depends on the mask's values."""
+    return any(isinstance(part, torch.Tensor) and part.dtype == torch.bool
+               for part in (index if isinstance(index, tuple) else (index,)))
+
+
+class HostWaitCounter:
+    """While active, counts what would make the host wait for the GPU's queued work on a GPU (and the GPU then
+    idle while the host goes on): reading a tensor's value on the host (.item(), bool(), float(), int(),
+    .tolist(), .cpu(), .numpy()), making a tensor from host data (torch.tensor / torch.as_tensor: a blocking
+    copy), and results whose size depends on values (boolean-mask indexing, nonzero, masked_select). On this
+    CPU-only machine nothing waits, but the same Python code path runs."""
+    TARGETS = ([(torch.Tensor, name, None) for name in ("item", "__bool__", "__float__", "__int__", "tolist", "cpu",
+                                                        "numpy", "nonzero", "masked_select")]
+               + [(torch, name, None) for name in ("tensor", "as_tensor", "nonzero", "masked_select")]
+               + [(torch.Tensor, "__getitem__", _mask_index)])
+
+    def __init__(self):
+        self.waits, self._own = 0, None
+
+    def start(self):
+        self._own = [owner.__dict__.get(name) for owner, name, _ in self.TARGETS]
+        for owner, name, waits_if in self.TARGETS:
+            setattr(owner, name, self._counting(getattr(owner, name), waits_if))
+
+    def stop(self):
+        for (owner, name, _), function in zip(self.TARGETS, self._own):
+            if function is None:  # inherited from torch's C base class: uncover it again
+                delattr(owner, name)
+            else:
+                setattr(owner, name, function)
+        self._own = None
+
+    def _counting(self, function, waits_if):
+        def counting_call(*args, **kwargs):
+            self.waits += waits_if is None or waits_if(*args, **kwargs)
+            return function(*args, **kwargs)
+        return counting_call
+
+
+class CountHostWaitsInZeroStep(Callback):
+    """Host waits inside ZeRO's optimizer step, over the whole run."""
+    def __init__(self):
+        self.counter = HostWaitCounter()
+
+    def on_train_start(self, trainer, module):
+        zero_optimizer = trainer.strategy.deepspeed_engine.optimizer
+        step = zero_optimizer.step
+
+        def counted_step(*args, **kwargs):
+            self.counter.start()
+            try:
+                return step(*args, **kwargs)
+            finally:
+                self.counter.stop()
+        zero_optimizer.step = counted_step
+
+    @property
+    def waits(self):
+        return self.counter.waits
+
+
+class CountHostWaitsBetweenBatches(Callback):
+    """Host waits from the start of batch `first` to the start of batch `last` of the first epoch: whole training
+    iterations (forward, backward, optimizer step, every hook and the progress bar, the next batch's fetch)."""
+    def __init__(self, first: int, last: int):
+        self.first, self.last, self.counter = first, last, HostWaitCounter()
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if trainer.current_epoch == 0 and batch_idx == self.first:
+            self.counter.start()
+        if trainer.current_epoch == 0 and batch_idx == self.last:
+            self.counter.stop()
+
+
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
 def test_zero_step_fused_checks_match_deepspeed_and_skip_nan_steps(workdir, syncnet_run, tiny_models, monkeypatch,
                                                                      precision):
     """ZeroStage2Strategy replaces ZeRO's per-tensor gradient checks (~5,000 GPU launches per step) with
     multi-tensor norms: the same norm and overflow verdicts as DeepSpeed's own loops, and a step whose gradients
     hold NaN is still skipped (in bf16 by the fused AdamW, told on the device)."""
-    from pytorch_lightning import Callback
-
     from lipsync import training
 
     class PoisonOneStep(Callback):
@@ -171,40 +245,7 @@ def test_zero_step_fused_checks_match_deepspeed_and_skip_nan_steps(workdir, sync
                     hook.remove()
                 self.after = [p.detach().float().clone() for p in module.unet.parameters()]
 
-    class CountHostWaits(Callback):
-        """Counts, inside ZeRO's optimizer step, what would make the host wait for the GPU's queued work on a GPU:
-        reading a tensor's value on the host (.item(), bool(), float(), .tolist(), .cpu(), .numpy()) and making
-        a tensor from host data (torch.tensor / torch.as_tensor: a blocking copy). Meanwhile the GPU idles."""
-        waits = 0
-        targets = [(torch.Tensor, name) for name in ("item", "__bool__", "__float__", "__int__", "tolist", "cpu",
-                                                     "numpy")] + [(torch, "tensor"), (torch, "as_tensor")]
-
-        def on_train_start(self, trainer, module):
-            zero_optimizer = trainer.strategy.deepspeed_engine.optimizer
-            zero_optimizer.step = self.counted(zero_optimizer.step)
-
-        def counted(self, step):
-            def counted_step(*args, **kwargs):
-                own = [owner.__dict__.get(name) for owner, name in self.targets]
-                for owner, name in self.targets:
-                    setattr(owner, name, self.counting(getattr(owner, name)))
-                try:
-                    return step(*args, **kwargs)
-                finally:
-                    for (owner, name), function in zip(self.targets, own):
-                        if function is None:  # inherited from torch's C base class: uncover it again
-                            delattr(owner, name)
-                        else:
-                            setattr(owner, name, function)
-            return counted_step
-
-        def counting(self, function):
-            def counting_call(*args, **kwargs):
-                self.waits += 1
-                return function(*args, **kwargs)
-            return counting_call
-
-    poison, host_waits = PoisonOneStep(), CountHostWaits()
+    poison, host_waits = PoisonOneStep(), CountHostWaitsInZeroStep()
     make_trainer = training.make_trainer
     monkeypatch.setattr(training, "make_trainer",
                         lambda *a, **k: _with_callback(_with_callback(make_trainer(*a, **k), poison), host_waits))
@@ -245,6 +286,33 @@ def test_zero_step_fused_checks_match_deepspeed_and_skip_nan_steps(workdir, sync
     assert zero.has_overflow_partitioned_grads_serial().item() and own_overflow(zero).item()
     grads[1][0] = float("nan")
     assert zero.has_overflow_partitioned_grads_serial().item() and own_overflow(zero).item()
+
+
+@pytest.mark.parametrize("script", ["syncnet", "generator"])
+def test_training_steps_between_logging_steps_never_wait_for_the_gpu(workdir, syncnet_run, tiny_models,
+                                                                      monkeypatch, script):
+    """Between logging steps a training iteration reads nothing back from the device: each read would make the
+    host wait for the queued GPU work. The losses still reach the progress bar (read once the copy of a logging
+    step's losses has landed: on this CPU, at once)."""
+    from lipsync import training
+
+    window = CountHostWaitsBetweenBatches(first=1, last=3)  # iterations 2 and 3; steps 1 and 50 are logged
+    make_trainer = training.make_trainer
+    monkeypatch.setattr(training, "make_trainer", lambda *a, **k: _with_callback(make_trainer(*a, **k), window))
+    monkeypatch.chdir(workdir)
+    common = ["--num_workers", "1", "--log_every_n_steps", "50", "--val_check_interval", "100",
+              "--output_dir", str(workdir / "waits")]  # the loader's own reads happen in its worker process
+    if script == "syncnet":
+        trainer = unet_syncnet_lightning.main(argv(workdir, 4, *common))
+        shown = {"train/loss"}
+    else:
+        trainer = unet_wav2lip_lightning.main(argv(workdir, 4, *common, "--precision", "bf16-mixed", "--syncnet",
+                                                   str(syncnet_run[1] / "checkpoints" / "last.ckpt"),
+                                                   "--unet_ckpt", tiny_models["unet"], "--sync_start_step", "0"))
+        shown = {"train/recon_loss", "train/sync_loss", "train/total"}
+    assert trainer.global_step == 4 and window.counter.waits == 0
+    metrics = trainer.progress_bar_callback.get_metrics(trainer, trainer.lightning_module)
+    assert shown <= set(metrics) and all(isinstance(metrics[name], float) for name in shown)
 
 
 def test_bf16_run_saved_with_an_unfused_adamw_resumes(workdir, syncnet_run, tiny_models, monkeypatch):
