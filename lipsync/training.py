@@ -413,7 +413,7 @@ class _LossesShownWithoutWaiting:
             self._shown = {name: value.item() for name, value in self._in_flight[0].items()}  # host memory
             self._in_flight = None
         losses = getattr(pl_module, "losses_to_show", None)
-        if losses and self._in_flight is None and (trainer.global_step - 1) % trainer.log_every_n_steps == 0:
+        if losses and self._in_flight is None and (trainer.global_step - 1) % max(1, trainer.log_every_n_steps) == 0:
             if any(value.is_cuda for value in losses.values()):
                 copies = {name: value.to("cpu", non_blocking=True) for name, value in losses.items()}
                 event = torch.cuda.Event()
