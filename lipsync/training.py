@@ -62,6 +62,15 @@ class ZeroStage2Strategy(DeepSpeedStrategy):
         return engine, zero_optimizer
 
 
+def _plain_zero_optimizer(zero_optimizer) -> bool:
+    """DeepSpeed's ZeRO-1/2 optimizer in the plain single-model case this project runs (no CPU offload, model
+    parallelism or MoE): the only case whose step this module's replacements are written for."""
+    from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
+
+    return (isinstance(zero_optimizer, DeepSpeedZeroOptimizer) and not zero_optimizer.cpu_offload
+            and zero_optimizer.mpu is None and not zero_optimizer.has_moe_layers)
+
+
 def fuse_zero_gradient_checks(zero_optimizer) -> bool:
     """Make DeepSpeed ZeRO-1/2's optimizer step launch a few GPU kernels instead of ~16 per gradient tensor.
 
@@ -75,8 +84,7 @@ def fuse_zero_gradient_checks(zero_optimizer) -> bool:
     single-model case this project runs (no CPU offload, model parallelism or MoE). Returns whether it applied."""
     from deepspeed.runtime.zero import stage_1_and_2 as zero
 
-    if (not isinstance(zero_optimizer, zero.DeepSpeedZeroOptimizer) or zero_optimizer.cpu_offload
-            or zero_optimizer.mpu is not None or zero_optimizer.has_moe_layers):
+    if not _plain_zero_optimizer(zero_optimizer):
         return False
     norm_dtype = zero.get_norm_dtype() if hasattr(zero, "get_norm_dtype") else torch.float64  # (0.17-0.18: fp64)
     own_norm = zero_optimizer.get_grad_norm_direct
@@ -126,11 +134,8 @@ def decide_overflow_on_device(zero_optimizer) -> bool:
     schedule advances on that step). Only in bf16 with a static loss scale of 1 (fp16's dynamic loss scaling
     needs the verdict on the host), with the gradient norm computed, and for a fused optimizer that takes
     found_inf (`configure_adamw` makes AdamW fused under DeepSpeed). Returns whether it applied."""
-    from deepspeed.runtime.zero import stage_1_and_2 as zero
-
     inner = getattr(zero_optimizer, "optimizer", None)
-    if (not isinstance(zero_optimizer, zero.DeepSpeedZeroOptimizer) or zero_optimizer.cpu_offload
-            or zero_optimizer.mpu is not None or zero_optimizer.has_moe_layers
+    if (not _plain_zero_optimizer(zero_optimizer)
             or zero_optimizer.dtype != torch.bfloat16 or zero_optimizer.dynamic_loss_scale
             or zero_optimizer.loss_scale != 1.0 or not zero_optimizer.compute_grad_norm
             or zero_optimizer.torch_autocast_gradscaler is not None
@@ -147,9 +152,9 @@ def decide_overflow_on_device(zero_optimizer) -> bool:
         inner.found_inf = invalid.float()  # read by the fused kernel: 1 -> this step changes nothing
         if clip > 0.0:
             factor = torch.clamp((total_norm + 1e-6) / clip, min=1.0)  # DeepSpeed's clip factor (loss scale 1)
-            factor = torch.where(invalid, torch.ones_like(factor), factor)
+            scale = torch.where(invalid, torch.ones_like(factor), factor).reciprocal()
             for grad in grad_groups_flat:
-                grad.mul_(factor.reciprocal())
+                grad.mul_(scale)
 
     zero_optimizer.unscale_and_clip_grads = unscale_and_clip_grads
     return True

@@ -168,6 +168,13 @@ class HostWaitCounter:
     def __init__(self):
         self.waits, self._own = 0, None
 
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
     def start(self):
         self._own = [owner.__dict__.get(name) for owner, name, _ in self.TARGETS]
         for owner, name, waits_if in self.TARGETS:
@@ -198,11 +205,8 @@ class CountHostWaitsInZeroStep(Callback):
         step = zero_optimizer.step
 
         def counted_step(*args, **kwargs):
-            self.counter.start()
-            try:
+            with self.counter:
                 return step(*args, **kwargs)
-            finally:
-                self.counter.stop()
         zero_optimizer.step = counted_step
 
     @property
