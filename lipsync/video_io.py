@@ -26,7 +26,7 @@ from lipsync.errors import UserError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 
-_TIME_EPS = 1e-6  # seconds; absorbs float noise when comparing timestamps
+_TIME_EPS = 1e-6  # seconds; absorbs float noise when comparing timestamps (and see _Decoder.eps)
 _SAME_FPS_TOL = 1e-3  # frame rates closer than this are the same rate (no resampling)
 # A demuxer may land after the requested time (MPEG-PS does); retry this many seconds earlier, then rewind.
 _SEEK_BACKOFF_S = (0.0, 1.0, 4.0, 16.0)
@@ -136,6 +136,9 @@ class _Decoder:
         self.resample = target_fps is not None and abs(target_fps - self.src_fps) > _SAME_FPS_TOL
         self.out_fps = float(target_fps) if self.resample else self.src_fps
         self.tolerance = 0.5 / self.src_fps
+        # timestamps are multiples of the stream's time base (1 ms in Matroska): half a unit of slack, so a
+        # rounded timestamp does not add an output frame at the end
+        self.eps = max(_TIME_EPS, float(self.stream.time_base or 0) / 2)
         decoded = self._decode()
         first = next(decoded, None)  # time origin: the first frame is shown at t = 0
         self.t0 = first.time if first is not None and first.time is not None else 0.0
@@ -165,7 +168,7 @@ class _Decoder:
         t = frame.time - self.t0
         if not self.resample:
             return int(round(t * self.src_fps))
-        return max(0, math.ceil((t - self.tolerance - _TIME_EPS) * self.out_fps))
+        return max(0, math.ceil((t - self.tolerance - self.eps) * self.out_fps))
 
     def _seek(self, start: int) -> tuple[Iterator[av.VideoFrame], int]:
         """(decoded frames, output index of the first one), positioned at or before output index `start`."""
@@ -199,12 +202,12 @@ class _Decoder:
             # a frame without a timestamp follows the previous one by one source frame (the first is at 0)
             t = frame.time - self.t0 if frame.time is not None else prev_t + 1 / self.src_fps
             if prev is not None:
-                while k / self.out_fps + self.tolerance + _TIME_EPS < t:  # `frame` comes after output k
+                while k / self.out_fps + self.tolerance + self.eps < t:  # `frame` comes after output k
                     yield k, prev
                     k += 1
             prev, prev_t = frame, t
         if prev is not None:
-            while k / self.out_fps < prev_t + 1 / self.src_fps - _TIME_EPS:
+            while k / self.out_fps < prev_t + 1 / self.src_fps - self.eps:
                 yield k, prev
                 k += 1
 

@@ -1,30 +1,42 @@
 """Shared fixtures: tiny real models saved with save_pretrained, loaded by the same path a hub id takes."""
 import importlib
 import os
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may reach the hub in tests
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from lipsync import model_zoo  # noqa: E402
+from media import GRID, GRID2, Clip, Media, make_media, real_speech  # noqa: E402
 
 # One process only: skip DeepSpeed's 40-55 s JIT build of its shared-memory comm op (useless with 1 rank).
 # importlib, because `import deepspeed.comm.torch as m` binds the real torch package.
 importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
 
 torch.set_num_threads(2)
-CLIPS = Path(__file__).resolve().parents[1].parent / "shared" / "clips"
 
 
 @pytest.fixture(scope="session")
-def clips_dir():
-    assert CLIPS.is_dir(), f"test clips missing at {CLIPS}"
-    return CLIPS
+def media(tmp_path_factory) -> Media:
+    """The clips made at test time (tests/media.py), written once per session."""
+    return make_media(tmp_path_factory.mktemp("media"))
+
+
+@pytest.fixture(scope="session")
+def clips(media) -> dict[str, Clip]:
+    """Every test video by name: the committed GRID clips and the synthetic talking faces."""
+    return {"grid": GRID, "grid2": GRID2, "talking_mpeg4": media.talking_mpeg4, "talking_h264": media.talking_h264}
+
+
+@pytest.fixture(scope="session")
+def speech() -> np.ndarray:
+    """Real speech (GRID), 16 kHz mono float32, 5.96 s."""
+    return real_speech()
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,6 @@
-"""lipsync.faces: RetinaFace detection on the real clips of ../shared/clips, the box recipe, crop / paste."""
+"""lipsync.faces: RetinaFace detection on the real GRID clips and a synthetic talking face (tests/media.py), the
+box recipe, crop / paste."""
 from __future__ import annotations
-
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -14,8 +13,7 @@ from lipsync.faces import (
 )
 from lipsync.video_io import iter_frames
 
-CLIPS = Path(__file__).resolve().parents[1].parent / "shared" / "clips"
-README_FACE_WIDTH = {"grid_lwbsza.mpg": 103, "retalking_face5.mp4": 237}  # clips/README.md, pixels
+DETECTED = ("grid", "grid2", "talking_mpeg4")  # two real speakers and a synthetic one
 
 
 @pytest.fixture(scope="module")
@@ -24,30 +22,30 @@ def detector() -> FaceDetector:
 
 
 @pytest.fixture(scope="module")
-def clip_frames() -> dict[str, np.ndarray]:
-    return {name: np.stack(list(iter_frames(CLIPS / name))) for name in README_FACE_WIDTH}
+def clip_frames(clips) -> dict[str, np.ndarray]:
+    return {name: np.stack(list(iter_frames(clips[name].path))) for name in DETECTED}
 
 
 @pytest.fixture(scope="module")
 def grid_boxes(clip_frames, detector) -> tuple[np.ndarray, np.ndarray]:
-    return face_boxes(iter(clip_frames["grid_lwbsza.mpg"]), detector)
+    return face_boxes(iter(clip_frames["grid"]), detector)
 
 
-@pytest.mark.parametrize("name", sorted(README_FACE_WIDTH))
-def test_face_found_in_every_frame_with_the_readme_width(name, clip_frames, detector):
+@pytest.mark.parametrize("name", DETECTED)
+def test_face_found_in_every_frame_with_the_expected_width(name, clip_frames, clips, detector):
     frames = clip_frames[name]
     boxes = np.concatenate([detector.detect(frames[i:i + 32]) for i in range(0, len(frames), 32)])
     assert boxes.shape == (len(frames), 4) and boxes.dtype == np.float32
     assert np.isfinite(boxes).all()
     widths = boxes[:, 2] - boxes[:, 0]
-    assert np.median(widths) == pytest.approx(README_FACE_WIDTH[name], rel=0.4)
+    assert np.median(widths) == pytest.approx(clips[name].face_width, rel=0.4)
     height, width = frames.shape[1:3]
     centres = (boxes[:, :2] + boxes[:, 2:]) / 2
     assert (np.abs(centres - [width / 2, height / 2]) < [width / 4, height / 4]).all()  # frontal, centred faces
 
 
 def test_detect_returns_full_resolution_boxes_and_nan_without_face(clip_frames, detector):
-    frame = clip_frames["grid_lwbsza.mpg"][0]
+    frame = clip_frames["grid"][0]
     blank = np.full_like(frame, 128)
     boxes = detector.detect(np.stack([frame, blank]))
     assert np.isfinite(boxes[0]).all() and np.isnan(boxes[1]).all()
@@ -58,13 +56,13 @@ def test_detect_returns_full_resolution_boxes_and_nan_without_face(clip_frames, 
 
 def test_face_boxes_are_square_smooth_and_found(grid_boxes, clip_frames):
     boxes, found = grid_boxes
-    assert boxes.shape == (len(clip_frames["grid_lwbsza.mpg"]), 4) and found.all()
+    assert boxes.shape == (len(clip_frames["grid"]), 4) and found.all()
     np.testing.assert_allclose(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1], rtol=1e-5)
     assert np.abs(np.diff(boxes[:, 0])).max() < 3  # smoothed: no jumps on a still speaker
 
 
 def test_face_boxes_with_a_fixed_box(clip_frames):
-    frames = clip_frames["grid_lwbsza.mpg"]
+    frames = clip_frames["grid"]
     boxes, found = face_boxes(iter(frames), None, box=(40, 200, 120, 240), margin=0)
     assert found.all() and len(boxes) == len(frames)
     np.testing.assert_allclose(boxes, np.tile([100, 40, 260, 200], (len(frames), 1)))  # 120x160 -> 160x160
@@ -94,7 +92,7 @@ def test_square_boxes_and_fixed_box():
 
 
 def test_crop_faces(clip_frames, grid_boxes):
-    frames = clip_frames["grid_lwbsza.mpg"][:4]
+    frames = clip_frames["grid"][:4]
     crops = crop_faces(frames, grid_boxes[0][:4], 96)
     assert crops.shape == (4, 96, 96, 3) and crops.dtype == np.uint8
     # an integer box at scale 1 is a plain slice
@@ -118,7 +116,7 @@ def test_lower_face_mask():
 
 
 def test_paste_faces(clip_frames, grid_boxes):
-    frames = clip_frames["grid_lwbsza.mpg"][:4]
+    frames = clip_frames["grid"][:4]
     boxes = grid_boxes[0][:4]
     size = 128
     crops = crop_faces(frames, boxes, size)
@@ -145,7 +143,7 @@ def test_paste_faces(clip_frames, grid_boxes):
 def test_paste_blends_only_the_mask_band_yet_equals_a_whole_box_blend(clip_frames, grid_boxes, size):
     """paste_faces resamples and blends only the rows the mask covers; the result must match the plain recipe:
     warp the face and the mask into the whole box rectangle, blend in float, round (within 1 grey level)."""
-    frames = clip_frames["grid_lwbsza.mpg"][:3]
+    frames = clip_frames["grid"][:3]
     boxes = grid_boxes[0][:3] + [[0.3, 0.6, 0.3, 0.6]]  # sub-pixel offsets
     faces = np.random.default_rng(0).integers(0, 256, (3, size, size, 3), dtype=np.uint8)
     mask = lower_face_mask(size)
@@ -165,7 +163,7 @@ def test_paste_blends_only_the_mask_band_yet_equals_a_whole_box_blend(clip_frame
 
 def test_color_match_restores_the_original_statistics(clip_frames, grid_boxes):
     size = 128
-    crop = crop_faces(clip_frames["grid_lwbsza.mpg"][:2], grid_boxes[0][:2], size)
+    crop = crop_faces(clip_frames["grid"][:2], grid_boxes[0][:2], size)
     tinted = np.clip(crop * [0.8, 0.9, 1.1] + [30, 0, -20], 0, 255).astype(np.uint8)
     mask = lower_face_mask(size)
     matched = color_match(tinted, crop, mask)

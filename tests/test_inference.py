@@ -1,4 +1,5 @@
-"""lipsync.inference.lip_sync and unet_inference.py with a tiny generator, on the real clips of ../shared/clips.
+"""lipsync.inference.lip_sync and unet_inference.py with a tiny generator, on the real GRID clip and speech
+(tests/media.py) and videos made from it.
 
 Pixel identity outside the blend mask is checked on the frames handed to the H.264 encoder (the `on_frame`
 hook): H.264 in yuv420p changes pixels even at crf 0 (chroma subsampling and the RGB <-> YUV round trip), so
@@ -20,8 +21,9 @@ import soundfile as sf
 import soxr
 import torch
 
+import media
 from lipsync import model_zoo
-from lipsync.audio import load_audio, write_wav
+from lipsync.audio import write_wav
 from lipsync.checkpoint import encode_model_card
 from lipsync.errors import UserError
 from lipsync.faces import FaceDetector, face_boxes, lower_face_mask, paste_faces
@@ -32,7 +34,7 @@ from models.unet import AUDIO_POSITIONS, build_unet
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE_SIZE = 64  # tiny VAE: 4x down -> 16x16 latents, the tiny UNet's sample size
-GRID = "grid_lwbsza.mpg"  # 360x288, 25 fps, 75 frames: the cheapest clip to detect on
+GRID = media.GRID.path  # 360x288, 25 fps, 75 frames: the cheapest clip to detect on
 
 
 @pytest.fixture(autouse=True)
@@ -67,9 +69,9 @@ def models(checkpoint):
 
 
 @pytest.fixture(scope="module")
-def speech(clips_dir):
+def speech():
     """Real speech, 16 kHz mono float32 [32000] (2 s)."""
-    return load_audio(clips_dir / "audio" / "latentsync_demo1_audio.wav")[8000:40000]
+    return media.real_speech()[8000:40000]
 
 
 def _write_speech(path, speech, seconds):
@@ -104,12 +106,12 @@ def _check_encoded_like_hook(outfile, recorder, tolerance=4.0):
         assert np.abs(got.astype(np.float32) - sent).mean() < tolerance
 
 
-def test_video_keeps_size_and_fps_follows_the_audio_and_pastes_only_the_lower_face(models, speech, clips_dir,
+def test_video_keeps_size_and_fps_follows_the_audio_and_pastes_only_the_lower_face(models, speech,
                                                                                     tmp_path):
     audio = _write_speech(tmp_path / "speech.wav", speech, 2.0)
     outfile = tmp_path / "out" / "result.mp4"
     recorder = Recorder()
-    summary = lip_sync(models, clips_dir / GRID, audio, outfile, batch_size=8, on_frame=recorder)
+    summary = lip_sync(models, GRID, audio, outfile, batch_size=8, on_frame=recorder)
 
     info = probe_video(outfile)
     assert (info.width, info.height, info.fps) == (360, 288, 25.0)
@@ -122,7 +124,7 @@ def test_video_keeps_size_and_fps_follows_the_audio_and_pastes_only_the_lower_fa
     assert sum(summary["phases"].values()) == pytest.approx(summary["seconds"], abs=0.01)
     assert recorder.sources == list(range(info.num_frames))  # audio shorter than the video: the video is cut
 
-    source_frames = list(iter_frames(clips_dir / GRID))
+    source_frames = list(iter_frames(GRID))
     mask = lower_face_mask(IMAGE_SIZE)
     for source, box, before, after in zip(recorder.sources, recorder.boxes, recorder.inputs, recorder.outputs):
         np.testing.assert_array_equal(before, source_frames[source])
@@ -136,10 +138,10 @@ def test_video_keeps_size_and_fps_follows_the_audio_and_pastes_only_the_lower_fa
     _check_encoded_like_hook(outfile, recorder)
 
 
-def test_a_fixed_box_skips_detection_and_ping_pongs_over_every_frame(models, speech, clips_dir, tmp_path):
+def test_a_fixed_box_skips_detection_and_ping_pongs_over_every_frame(models, speech, tmp_path):
     audio = _write_speech(tmp_path / "speech.wav", np.tile(speech, 3), 4.0)  # 100 output frames over the 75
     recorder = Recorder()
-    summary = lip_sync(models, clips_dir / GRID, audio, tmp_path / "out.mp4", batch_size=8, box=(60, 200, 120, 240),
+    summary = lip_sync(models, GRID, audio, tmp_path / "out.mp4", batch_size=8, box=(60, 200, 120, 240),
                        on_frame=recorder)
     assert summary["source_frames"] == 75 and summary["faces_found"] == summary["frames"] == 100
     assert recorder.sources == pingpong_indices(75, 100).tolist()
@@ -147,8 +149,8 @@ def test_a_fixed_box_skips_detection_and_ping_pongs_over_every_frame(models, spe
     _check_encoded_like_hook(tmp_path / "out.mp4", recorder)
 
 
-def test_30_fps_video_with_stereo_mp3_ping_pongs_when_the_audio_is_longer(models, speech, clips_dir, tmp_path):
-    source = list(iter_frames(clips_dir / GRID))[:12]
+def test_30_fps_video_with_stereo_mp3_ping_pongs_when_the_audio_is_longer(models, speech, tmp_path):
+    source = list(iter_frames(GRID))[:12]
     face = tmp_path / "face30.mp4"
     with VideoWriter(face, 30, 360, 288, crf=12) as writer:
         for frame in source:
@@ -181,9 +183,9 @@ def test_30_fps_video_with_stereo_mp3_ping_pongs_when_the_audio_is_longer(models
     _check_encoded_like_hook(outfile, recorder)
 
 
-def test_still_image_is_repeated_for_the_audio_at_the_given_fps(models, speech, clips_dir, tmp_path):
+def test_still_image_is_repeated_for_the_audio_at_the_given_fps(models, speech, tmp_path):
     image = tmp_path / "face.png"
-    cv2.imwrite(str(image), cv2.cvtColor(next(iter_frames(clips_dir / GRID)), cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(image), cv2.cvtColor(next(iter_frames(GRID)), cv2.COLOR_RGB2BGR))
     audio = _write_speech(tmp_path / "speech.wav", speech, 1.2)
     outfile = tmp_path / "still.mp4"
     recorder = Recorder()
@@ -195,8 +197,8 @@ def test_still_image_is_repeated_for_the_audio_at_the_given_fps(models, speech, 
     assert _audio_seconds(outfile) == pytest.approx(1.2, abs=0.03)
 
 
-def test_frames_without_a_face_pass_through_unchanged(models, speech, clips_dir, tmp_path):
-    faces = list(iter_frames(clips_dir / GRID))[:6]
+def test_frames_without_a_face_pass_through_unchanged(models, speech, tmp_path):
+    faces = list(iter_frames(GRID))[:6]
     face = tmp_path / "half_faceless.mp4"
     with VideoWriter(face, 25, 360, 288, crf=12) as writer:
         for frame in faces + [np.full_like(faces[0], 128)] * 6:
@@ -211,10 +213,10 @@ def test_frames_without_a_face_pass_through_unchanged(models, speech, clips_dir,
         np.testing.assert_array_equal(after, before)
 
 
-def test_ref_frame_out_of_range_is_a_user_error(models, speech, clips_dir, tmp_path):
+def test_ref_frame_out_of_range_is_a_user_error(models, speech, tmp_path):
     audio = _write_speech(tmp_path / "speech.wav", speech, 0.4)
     with pytest.raises(UserError, match="--ref_frame 500"):
-        lip_sync(models, clips_dir / GRID, audio, tmp_path / "x.mp4", ref_frame=500, box=(60, 200, 120, 240))
+        lip_sync(models, GRID, audio, tmp_path / "x.mp4", ref_frame=500, box=(60, 200, 120, 240))
     assert not list(tmp_path.glob("*.mp4"))
 
 
@@ -244,15 +246,15 @@ def inputs(speech, tmp_path_factory):
     return root
 
 
-def test_a_video_longer_than_the_audio_is_read_only_as_far_as_the_output_needs(models, speech, clips_dir, tmp_path):
+def test_a_video_longer_than_the_audio_is_read_only_as_far_as_the_output_needs(models, speech, tmp_path):
     """1 s of speech over the 75-frame clip: 25 output frames, so detection reads 25 + 2 frames (the smoothing
     window's half), and the boxes of the shown frames are exactly those of a pass over the whole video."""
     audio = _write_speech(tmp_path / "speech.wav", speech, 1.0)
     recorder = Recorder()
-    summary = lip_sync(models, clips_dir / GRID, audio, tmp_path / "out.mp4", batch_size=8, on_frame=recorder)
+    summary = lip_sync(models, GRID, audio, tmp_path / "out.mp4", batch_size=8, on_frame=recorder)
     assert summary["frames"] == 25 and summary["source_frames"] == 27
     assert summary["stages"]["detect"]["frames"] == 27
-    whole, found = face_boxes(iter_frames(clips_dir / GRID), FaceDetector(), batch_size=8,
+    whole, found = face_boxes(iter_frames(GRID), FaceDetector(), batch_size=8,
                               pads=LipSyncOptions().pads)
     assert len(whole) == 75 and found.all()
     np.testing.assert_allclose(np.stack(recorder.boxes), whole[:25], atol=0.01)  # detector batches differ at the end
@@ -270,16 +272,16 @@ BAD_INPUTS = {  # case: (checkpoint, face, audio, what the message says); None =
 
 
 @pytest.fixture(scope="module")
-def script_runs(checkpoint, inputs, clips_dir, tmp_path_factory):
+def script_runs(checkpoint, inputs, tmp_path_factory):
     """unet_inference.py as real processes, all started at once (each pays ~3 s of imports): one good run with
     the default outfile, and one run per BAD_INPUTS case. -> {name: (returncode, stdout, stderr, folder)}."""
     root = tmp_path_factory.mktemp("script_runs")
-    procs = {"good": _script("--checkpoint_path", checkpoint, "--face", clips_dir / GRID, "--audio",
+    procs = {"good": _script("--checkpoint_path", checkpoint, "--face", GRID, "--audio",
                              inputs / "speech.wav", "--batch_size", 8, "--box", 60, 200, 120, 240, "--nosmooth",
                              "--crf", 23, "--preset", "faster", "--no_cuda_graph", cwd=root / "good")}
     for case, (ckpt, face, audio, _) in BAD_INPUTS.items():
         procs[case] = _script("--checkpoint_path", inputs / ckpt if ckpt else checkpoint,
-                              "--face", inputs / face if face else clips_dir / GRID,
+                              "--face", inputs / face if face else GRID,
                               "--audio", inputs / (audio or "speech.wav"), cwd=root / case)
     outputs = {name: proc.communicate(timeout=180) for name, proc in procs.items()}
     return {name: (proc.returncode, *outputs[name], root / name) for name, proc in procs.items()}
@@ -302,7 +304,7 @@ def test_bad_inputs_fail_in_one_line_without_output(case, script_runs):
 
 
 @pytest.mark.parametrize("ref_frame", [None, 3])
-def test_one_shape_padding_of_compiled_models_gives_the_same_frames(models, speech, clips_dir, tmp_path, ref_frame):
+def test_one_shape_padding_of_compiled_models_gives_the_same_frames(models, speech, tmp_path, ref_frame):
     """Compiled models get every codec / UNet call zero-padded to the batch size (one shape, no recompiles):
     batch 8 over 37 frames leaves a short last batch; the padding must not change any generated face."""
     import dataclasses
@@ -311,7 +313,7 @@ def test_one_shape_padding_of_compiled_models_gives_the_same_frames(models, spee
     outputs = {}
     for compiled in (False, True):
         recorder = Recorder()
-        lip_sync(dataclasses.replace(models, compiled=compiled), clips_dir / GRID, audio, tmp_path / f"{compiled}.mp4",
+        lip_sync(dataclasses.replace(models, compiled=compiled), GRID, audio, tmp_path / f"{compiled}.mp4",
                  batch_size=8, ref_frame=ref_frame, on_frame=recorder)
         outputs[compiled] = np.stack(recorder.outputs)
     assert len(outputs[True]) % 8 != 0

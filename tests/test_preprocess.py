@@ -1,7 +1,7 @@
 """video_preprocess.py + audio_preprocess.py end to end with the tiny VAE / Wav2Vec2 at 64 px (16x16 latents).
 
-The raw tree mixes two real clips (mpeg1 + mp2 44.1 kHz stereo, h264 + aac 44.1 kHz stereo), a clip with a faceless
-gap, a text file named .mp4 and a faceless video. The scripts run in-process (main(argv)); one subprocess checks
+The raw tree mixes a real GRID clip (mpeg1 + mp2 44.1 kHz stereo), a synthetic talking face (h264 + aac 44.1 kHz
+stereo), a clip with a faceless gap, a text file named .mp4 and a faceless video (tests/media.py). The scripts run in-process (main(argv)); one subprocess checks
 the one-line error and exit code of a real command line.
 """
 from __future__ import annotations
@@ -24,13 +24,14 @@ from safetensors.torch import load_file
 
 import audio_preprocess
 import video_preprocess
+from lipsync.audio import load_audio
 from lipsync.faces import crop_faces
 from lipsync.latent_codec import LatentCodec, mask_lower_half, uint8_to_model
 from lipsync.timing import AUDIO_SAMPLE_RATE, num_feature_frames
 from lipsync.video_io import iter_frames, probe_video, write_video
 
 ROOT = Path(__file__).resolve().parents[1]
-REAL_CLIPS = {"grid/lwbsza": "grid_lwbsza.mpg", "retalking/face5": "retalking_face5.mp4"}  # folder: clip
+CLIPS = {"grid/lwbsza": "grid", "synthetic/face5": "talking_h264"}  # dataset folder: clip (conftest `clips`)
 GAP = range(20, 30)  # grey frames of gap.mp4: no face
 
 
@@ -52,14 +53,14 @@ def video_args(raw, out, tiny_models, *extra):
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory, tiny_models, clips_dir):
+def dataset(tmp_path_factory, tiny_models, clips):
     """(raw root, output root, summary of the first run)."""
     root = tmp_path_factory.mktemp("preprocess")
     raw, out = root / "raw", root / "out"
-    for folder, clip in REAL_CLIPS.items():
+    for folder, name in CLIPS.items():
         (raw / folder).parent.mkdir(parents=True, exist_ok=True)
-        (raw / folder).with_suffix(Path(clip).suffix).symlink_to(clips_dir / clip)
-    grid = list(iter_frames(clips_dir / REAL_CLIPS["grid/lwbsza"]))
+        (raw / folder).with_suffix(clips[name].path.suffix).symlink_to(clips[name].path)
+    grid = list(iter_frames(clips["grid"].path))
     grey = np.full_like(grid[0], 128)
     write_video(raw / "grid" / "gap.mp4", grid[:GAP.start] + [grey] * len(GAP) + grid[GAP.stop:50], 25,
                 audio=tone(2.0))
@@ -69,21 +70,21 @@ def dataset(tmp_path_factory, tiny_models, clips_dir):
     return raw, out, summary
 
 
-def test_real_clips_become_dataset_folders(dataset, tiny_models, clips_dir):
+def test_clips_become_dataset_folders(dataset, tiny_models, clips):
     _, out, _ = dataset
     codec = LatentCodec.from_pretrained(tiny_models["vae"])
-    for folder, clip in REAL_CLIPS.items():
-        info = probe_video(clips_dir / clip)
+    for folder, name in CLIPS.items():
+        info = probe_video(clips[name].path)
         latents = load_file(out / folder / "latents.safetensors")
         meta = json.loads((out / folder / "meta.json").read_text())
-        n = info.num_frames  # README: a face in every frame
+        n = info.num_frames  # a face in every frame
         assert latents["full"].shape == latents["masked"].shape == (n, 4, 16, 16)
         assert latents["full"].dtype == latents["masked"].dtype == torch.float16
         assert torch.equal(latents["frame_index"], torch.arange(n))
 
         wav = sf.info(str(out / folder / "audio.wav"))
         assert (wav.samplerate, wav.channels, wav.subtype) == (16000, 1, "PCM_16")
-        assert wav.duration == pytest.approx(info.duration, abs=0.03)
+        assert wav.frames == len(load_audio(clips[name].path))  # the source's whole audio track, at 16 kHz
 
         assert meta["source_fps"] == 25 and meta["num_frames"] == n and meta["dropped_frames"] == []
         assert (meta["image_size"], meta["codec"], meta["latent_shape"]) == (64, tiny_models["vae"], [4, 16, 16])
@@ -91,7 +92,7 @@ def test_real_clips_become_dataset_folders(dataset, tiny_models, clips_dir):
         assert len(meta["boxes"]) == n and meta["face_recipe"]["pads"] == [0, 10, 0, 0] and meta["code_version"]
 
         # row 0 is the encoding of frame 0 cropped with the recorded box: latents, boxes and indices agree
-        frame = next(iter_frames(clips_dir / clip))
+        frame = next(iter_frames(clips[name].path))
         images = uint8_to_model(crop_faces(frame[None], np.array(meta["boxes"][:1]), 64), "cpu", torch.float32)
         torch.testing.assert_close(latents["full"][0].float(), codec.encode(images)[0], atol=2e-2, rtol=1e-2)
         torch.testing.assert_close(latents["masked"][0].float(), codec.encode(mask_lower_half(images))[0],
@@ -122,13 +123,13 @@ def test_next_videos_first_pass_overlaps_yet_outcomes_stay_in_order(dataset, tin
     from lipsync.preprocess import VideoPreprocessor, VideoSettings, video_jobs
 
     raw, _, _ = dataset
-    videos = [raw / "broken.mp4", raw / "grid" / "gap.mp4", raw / "faceless.mp4", raw / "retalking" / "face5.mp4"]
+    videos = [raw / "broken.mp4", raw / "grid" / "gap.mp4", raw / "faceless.mp4", raw / "synthetic" / "face5.mp4"]
     start = time.perf_counter()
     outcomes = list(VideoPreprocessor(VideoSettings(image_size=64, codec=tiny_models["vae"]))
                     .run(video_jobs(videos, raw, tmp_path)))
     wall = time.perf_counter() - start
     assert [(o.name, o.status) for o in outcomes] == [("broken.mp4", "failed"), ("grid/gap.mp4", "done"),
-                                                      ("faceless.mp4", "failed"), ("retalking/face5.mp4", "done")]
+                                                      ("faceless.mp4", "failed"), ("synthetic/face5.mp4", "done")]
     assert "no face" in outcomes[2].message and (tmp_path / "grid" / "gap" / "meta.json").is_file()
     assert all(0 <= o.detect_s <= o.total_s for o in outcomes) and sum(o.total_s for o in outcomes) <= wall
 
@@ -161,7 +162,7 @@ def test_stopping_early_abandons_the_next_videos_detection(dataset, tiny_models,
 
 def test_rerun_skips_finished_and_completes_interrupted(dataset, tiny_models):
     raw, out, _ = dataset
-    finished, interrupted = out / "retalking" / "face5", out / "grid" / "lwbsza"
+    finished, interrupted = out / "synthetic" / "face5", out / "grid" / "lwbsza"
     mtimes = {p: p.stat().st_mtime_ns for p in finished.iterdir()}
     (interrupted / "meta.json").unlink()  # killed before the last write ...
     (interrupted / ".latents.safetensors.tmp").write_bytes(b"half a file")  # ... or during the first one
@@ -192,7 +193,7 @@ def test_audio_features(dataset, tiny_models, tmp_path):
     shutil.copytree(dataset[1], data)
     assert run(audio_preprocess, ["--data_root", data, "--audio_encoder", tiny_models["wav2vec2"]]).startswith(
         "3 done, 0 skipped, 0 failed (of 3 folders)")
-    for folder in ("grid/lwbsza", "retalking/face5", "grid/gap"):
+    for folder in ("grid/lwbsza", "synthetic/face5", "grid/gap"):
         stored = torch.load(data / folder / "wav2vec2.pt", weights_only=True)
         num_samples = sf.info(str(data / folder / "audio.wav")).frames
         assert stored["features"].shape == (num_feature_frames(num_samples), 32)

@@ -1,7 +1,6 @@
-"""lipsync.video_io on the real clips of ../shared/clips and on synthetic videos written by VideoWriter."""
+"""lipsync.video_io on the test clips (tests/media.py: real GRID clips in MPEG-PS, synthetic talking faces in MP4
+with MPEG-4 part 2 or H.264 and AAC) and on synthetic videos written by VideoWriter."""
 from __future__ import annotations
-
-from pathlib import Path
 
 import av
 import cv2
@@ -14,17 +13,7 @@ from lipsync.video_io import (
     read_image, write_video,
 )
 
-CLIPS = Path(__file__).resolve().parents[1].parent / "shared" / "clips"
-
-# The table of clips/README.md: duration (s), frames, width, height; every clip is 25 fps with audio.
-README_CLIPS = {
-    "grid_lwbsza.mpg": (2.98, 75, 360, 288),
-    "grid_id2_swwp2s.mpg": (2.98, 75, 360, 288),
-    "hdtf_WDA_AlexandriaOcasioCortez_000.mp4": (8.00, 200, 512, 512),
-    "hdtf_WDA_KatieHill_000.mp4": (8.00, 200, 512, 512),
-    "retalking_face2.mp4": (5.02, 125, 844, 844),
-    "retalking_face5.mp4": (4.88, 122, 524, 524),
-}
+from media import GRID, write_media
 
 SQUARE_STEP = 3  # pixels the synthetic square moves per source frame
 
@@ -44,25 +33,41 @@ def square_position(frame: np.ndarray) -> int:
     return int(np.argmax(frame[32, :, 1] > 128))
 
 
-@pytest.mark.parametrize("name", sorted(README_CLIPS))
-def test_real_clip_probe_and_decode(name):
-    duration, num_frames, width, height = README_CLIPS[name]
-    info = probe_video(CLIPS / name)
-    assert (info.fps, info.width, info.height, info.num_frames) == (25.0, width, height, num_frames)
-    assert info.duration == pytest.approx(duration, abs=0.05)
+@pytest.mark.parametrize("name", ["grid", "grid2", "talking_mpeg4", "talking_h264"])
+def test_clip_probe_and_decode(name, clips):
+    clip = clips[name]
+    info = probe_video(clip.path)
+    assert (info.fps, info.width, info.height, info.num_frames) == (clip.fps, clip.width, clip.height, clip.num_frames)
+    assert info.duration == pytest.approx(clip.duration, abs=0.05)
     assert info.has_audio
     count = 0
-    for frame in iter_frames(CLIPS / name, target_fps=25):
-        assert frame.shape == (height, width, 3) and frame.dtype == np.uint8
+    for frame in iter_frames(clip.path, target_fps=25):
+        assert frame.shape == (clip.height, clip.width, 3) and frame.dtype == np.uint8
         count += 1
-    assert count == num_frames
-    assert count_frames(CLIPS / name, target_fps=25) == num_frames
-    assert count_frames(CLIPS / name, target_fps=30, limit=10) == 10
+    assert count == clip.num_frames
+    assert count_frames(clip.path, target_fps=25) == clip.num_frames
+    assert count_frames(clip.path, target_fps=30, limit=10) == 10
 
 
 def test_resize_factor_halves_the_frames():
-    frame = next(iter_frames(CLIPS / "grid_lwbsza.mpg", resize_factor=2))
+    frame = next(iter_frames(GRID.path, resize_factor=2))
     assert frame.shape == (144, 180, 3)
+
+
+@pytest.mark.parametrize("container, video_codec, audio_codec", [("mkv", "libvpx-vp9", "libopus"),
+                                                                 ("mpg", "mpeg2video", "mp2"),
+                                                                 ("avi", "mjpeg", "pcm_s16le")])
+def test_other_containers_and_codecs_decode(tmp_path, container, video_codec, audio_codec):
+    """WebM-style VP9 + Opus in Matroska, MPEG-2 + MP2 in MPEG-PS, Motion JPEG + PCM in AVI, at 30 fps: probed,
+    decoded and resampled to 25 fps like the MP4s (Opus only takes 48 kHz: the audio is resampled on writing)."""
+    frames = moving_square(30)
+    path = write_media(tmp_path / f"clip.{container}", frames, 30, np.zeros(16000, np.float32),
+                       video_codec=video_codec, audio_codec=audio_codec,
+                       out_rate=48000 if audio_codec == "libopus" else None)
+    info = probe_video(path)
+    assert info.fps == pytest.approx(30) and info.has_audio and (info.width, info.height) == (106, 64)
+    assert [square_position(f) for f in iter_frames(path)] == [SQUARE_STEP * i for i in range(30)]
+    assert len(list(iter_frames(path, target_fps=25))) == 25
 
 
 @pytest.mark.parametrize("source_fps", [30, 29.97])
@@ -138,14 +143,14 @@ def test_pingpong_indices():
     assert long.min() == 0 and long.max() == 6
 
 
-@pytest.mark.parametrize("name, fps", [("grid_lwbsza.mpg", None), ("hdtf_WDA_KatieHill_000.mp4", None),
-                                       ("hdtf_WDA_KatieHill_000.mp4", 30)])
-def test_iter_frames_by_index_matches_plain_decode(name, fps):
-    plain = list(iter_frames(CLIPS / name, target_fps=fps, resize_factor=4))
+@pytest.mark.parametrize("name, fps", [("grid", None), ("talking_mpeg4", None), ("talking_mpeg4", 30)])
+def test_iter_frames_by_index_matches_plain_decode(name, fps, clips):
+    path = clips[name].path
+    plain = list(iter_frames(path, target_fps=fps, resize_factor=4))
     n = len(plain)
     indices = np.concatenate([pingpong_indices(n, 2 * n + n // 2),  # forward, backward (in blocks), forward
                               np.random.default_rng(0).integers(0, n, 20)])  # and random access
-    frames = list(iter_frames_by_index(CLIPS / name, indices, fps=fps, resize_factor=4, chunk=16))
+    frames = list(iter_frames_by_index(path, indices, fps=fps, resize_factor=4, chunk=16))
     assert len(frames) == len(indices)
     for i, frame in zip(indices, frames):
         np.testing.assert_array_equal(frame, plain[i])
@@ -153,13 +158,13 @@ def test_iter_frames_by_index_matches_plain_decode(name, fps):
 
 def test_iter_frames_by_index_past_the_end():
     with pytest.raises(IndexError):
-        list(iter_frames_by_index(CLIPS / "grid_lwbsza.mpg", [73, 74, 75]))
+        list(iter_frames_by_index(GRID.path, [73, 74, 75]))
 
 
-def test_bad_inputs_raise_user_error(tmp_path):
+def test_bad_inputs_raise_user_error(tmp_path, media):
     fake = tmp_path / "notes.mp4"
     fake.write_text("not a video\n")
-    for bad in [tmp_path / "missing.mp4", fake, CLIPS / "audio" / "latentsync_demo1_audio.wav"]:
+    for bad in [tmp_path / "missing.mp4", fake, media.speech_wav]:
         with pytest.raises(UserError, match=bad.name):
             probe_video(bad)
         with pytest.raises(UserError, match=bad.name):

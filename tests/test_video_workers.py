@@ -12,7 +12,7 @@ from lipsync.errors import UserError
 from lipsync.video_io import VideoWriter, iter_frames, iter_frames_by_index, pingpong_indices
 from lipsync.video_workers import VideoWriterProcess, iter_frames_by_index_in_process
 
-CLIPS = Path(__file__).resolve().parents[1].parent / "shared" / "clips"
+from media import GRID
 
 
 def worker_processes() -> int:
@@ -28,12 +28,13 @@ def worker_processes() -> int:
     return count
 
 
-@pytest.mark.parametrize("name, fps", [("grid_lwbsza.mpg", None), ("hdtf_WDA_KatieHill_000.mp4", 30)])
-def test_decoding_in_a_child_gives_the_same_frames(name, fps):
-    n = sum(1 for _ in iter_frames(CLIPS / name, target_fps=fps, resize_factor=2))
+@pytest.mark.parametrize("name, fps", [("grid", None), ("talking_mpeg4", 30)])
+def test_decoding_in_a_child_gives_the_same_frames(name, fps, clips):
+    path = clips[name].path
+    n = sum(1 for _ in iter_frames(path, target_fps=fps, resize_factor=2))
     indices = np.concatenate([pingpong_indices(n, n + n // 2), np.random.default_rng(0).integers(0, n, 10)])
-    here = list(iter_frames_by_index(CLIPS / name, indices, fps=fps, resize_factor=2, chunk=16))
-    there = list(iter_frames_by_index_in_process(CLIPS / name, indices, fps=fps, resize_factor=2, chunk=16))
+    here = list(iter_frames_by_index(path, indices, fps=fps, resize_factor=2, chunk=16))
+    there = list(iter_frames_by_index_in_process(path, indices, fps=fps, resize_factor=2, chunk=16))
     assert len(there) == len(indices)
     for a, b in zip(here, there):
         np.testing.assert_array_equal(a, b)
@@ -43,8 +44,8 @@ def test_decoding_errors_are_one_line_and_stop_the_child(tmp_path):
     with pytest.raises(UserError, match="video file not found"):
         list(iter_frames_by_index_in_process(tmp_path / "missing.mp4", [0]))
     with pytest.raises(UserError, match="has no frame 75"):
-        list(iter_frames_by_index_in_process(CLIPS / "grid_lwbsza.mpg", [73, 74, 75]))
-    frames = iter_frames_by_index_in_process(CLIPS / "grid_lwbsza.mpg", np.arange(75))
+        list(iter_frames_by_index_in_process(GRID.path, [73, 74, 75]))
+    frames = iter_frames_by_index_in_process(GRID.path, np.arange(75))
     next(frames)
     assert worker_processes() >= 1
     frames.close()  # the consumer stops early: the child goes
