@@ -14,7 +14,8 @@ import torch
 
 from lipsync.audio_encoder import DEFAULT_AUDIO_ENCODER
 from lipsync.errors import UserError, cli_entry
-from lipsync.preprocess import encode_dataset_audio, summarize
+from lipsync.preprocess.audio import encode_dataset_audio
+from lipsync.preprocess.report import summarize
 
 
 def parse_args(argv=None):

@@ -34,9 +34,15 @@ def parse_args(argv=None):
 @cli_entry
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    import audio_preprocess
+    import unet_syncnet_lightning
+    import unet_wav2lip_lightning
+    import video_preprocess
     from lipsync.demo.pipeline import format_metrics, run_demo
 
-    metrics = run_demo(args.output_root, args.profile, args.seed)
+    scripts = {script.__name__: script.main for script in (video_preprocess, audio_preprocess,
+                                                               unet_syncnet_lightning, unet_wav2lip_lightning)}
+    metrics = run_demo(args.output_root, scripts, args.profile, args.seed)
     video = Path(args.output_root) / "results" / "demo.mp4"
     local = Path("results") / "demo.mp4"
     if local.resolve() != video.resolve():

@@ -12,21 +12,20 @@ import argparse
 import shlex
 import sys
 
-from lipsync import data
+from lipsync.arguments import int_or_fraction
+from lipsync.data import filelists
 from lipsync.errors import UserError, cli_entry
-
-
-def count_or_fraction(text: str) -> int | float:
-    return float(text) if "." in text else int(text)
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data_root", help="folder whose subfolders (any depth) hold latents.safetensors")
-    parser.add_argument("--name", choices=data.DATASET_NAMES, help="dataset whose lists to make")
-    parser.add_argument("--val", type=count_or_fraction, default=0.05,
+    parser.add_argument("--name", help="dataset whose lists to make: filelists_<name>/ (shipped: "
+                                       + ", ".join(filelists.DATASET_NAMES) + "; any other name is made in the "
+                                       "current directory)")
+    parser.add_argument("--val", type=int_or_fraction, default=0.05,
                         help="val groups: a count (20) or a fraction of the groups (0.05)")
-    parser.add_argument("--test", type=count_or_fraction, default=0.05, help="test groups, like --val")
+    parser.add_argument("--test", type=int_or_fraction, default=0.05, help="test groups, like --val")
     parser.add_argument("--seed", type=int, default=0, help="seed of the group shuffle")
     parser.add_argument("--group_depth", type=int, default=1,
                         help="a folder's group is its first N path parts (LRS2 <source id>/<clip>: 1)")
@@ -35,11 +34,11 @@ def parse_args(argv):
                              r"is the group, e.g. '(.+)_\d+$' = the path without its trailing clip number")
     parser.add_argument("--lrs2_split_dir", help="folder with LRS2's official train.txt, val.txt, test.txt: "
                                                  "used instead of a random split")
-    parser.add_argument("--union", choices=tuple(data.UNION_PARTS), help="write the union of --parts' lists")
-    parser.add_argument("--parts", nargs="+", choices=data.DATASET_NAMES,
+    parser.add_argument("--union", choices=tuple(filelists.UNION_PARTS), help="write the union of --parts' lists")
+    parser.add_argument("--parts", nargs="+",
                         help="datasets to join (default for --union: "
-                             + "; ".join(f"{name} = {' + '.join(parts)}" for name, parts in data.UNION_PARTS.items())
-                             + ")")
+                             + "; ".join(f"{name} = {' + '.join(parts)}"
+                                         for name, parts in filelists.UNION_PARTS.items()) + ")")
     args = parser.parse_args(argv)
     if (args.union is None) == (args.name is None):
         parser.error("give either --name (with --data_root) or --union")
@@ -54,15 +53,15 @@ def main(argv=None):
     args = parse_args(argv)
     command = shlex.join(["python", "make_filelists.py", *argv])
     if args.union:
-        out_dir = data.filelist_dir(args.union)
-        parts = args.parts or data.UNION_PARTS[args.union]
+        out_dir = filelists.filelist_dir(args.union)
+        parts = args.parts or filelists.UNION_PARTS[args.union]
         if args.union in parts:
             raise UserError(f"--union {args.union} cannot be one of its own parts")
-        splits = data.union_filelists(out_dir, [data.filelist_dir(part) for part in parts], command)
+        splits = filelists.union_filelists(out_dir, [filelists.filelist_dir(part) for part in parts], command)
     else:
-        out_dir = data.filelist_dir(args.name)
-        splits = data.make_filelists(args.data_root, out_dir, args.val, args.test, args.seed, args.group_depth,
-                                     args.lrs2_split_dir, args.group_pattern, command)
+        out_dir = filelists.filelist_dir(args.name, new=True)
+        splits = filelists.make_filelists(args.data_root, out_dir, args.val, args.test, args.seed, args.group_depth,
+                                          args.lrs2_split_dir, args.group_pattern, command)
     print(f"wrote {out_dir}: " + ", ".join(f"{split} {len(entries)}" for split, entries in splits.items()))
 
 

@@ -13,20 +13,11 @@ from __future__ import annotations
 import argparse
 
 from lipsync import timing
+from lipsync.arguments import shard_spec
 from lipsync.errors import UserError, cli_entry
 from lipsync.latent_codec import DEFAULT_CODEC
-from lipsync.preprocess import VideoSettings, preprocess_videos, resolve_devices, summarize
-
-
-def shard_spec(text: str) -> tuple[int, int]:
-    """'i/n' -> (i, n) with 0 <= i < n."""
-    try:
-        index, count = (int(part) for part in text.split("/"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected i/n, got {text!r}") from None
-    if not 0 <= index < count:
-        raise argparse.ArgumentTypeError(f"shard {text}: needs 0 <= i < n")
-    return index, count
+from lipsync.preprocess.report import summarize
+from lipsync.preprocess.video import VideoSettings, preprocess_videos, resolve_devices
 
 
 def parse_args(argv=None):
@@ -45,14 +36,12 @@ def parse_args(argv=None):
     p.add_argument("--devices", type=int, default=None, help="GPUs to use (default all visible; 0 = CPU)")
     p.add_argument("--num_workers", type=int, default=None,
                    help="worker processes, dealt videos round-robin (default one per GPU, 1 on CPU); on a GPU, 2-3 "
-                        "per GPU overlap one's decoding and cropping with another's encoding (one H100, 768 px, "
-                        "--compile: 1 / 2 / 3 workers 52-53 / 55.5 / 58.5-58.7 frames/s once compiled; 2 workers "
-                        "use 40 GB of GPU memory at most)")
+                        "per GPU overlap one's decoding and cropping with another's encoding (BENCHMARKS.md)")
     p.add_argument("--shard", type=shard_spec, default=(0, 1), metavar="i/n",
                    help="process every n-th video starting at i, to split the list over machines")
     p.add_argument("--fps", type=float, default=timing.VIDEO_FPS, help="frame rate the videos are resampled to")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the codec (CUDA): ~1.6x faster encoding after ~40 s of compilation per worker")
+                   help="torch.compile the codec (CUDA): faster encoding after ~40 s of compilation per worker")
     return p.parse_args(argv)
 
 

@@ -3,7 +3,7 @@
     python bench/bench_dataloader.py --root /tmp/bench_data [--videos 64 --frames 250 --latent 96]
         [--workers 0 2 4 8] [--gpu_windows_per_s 30]
 
-Writes `videos` folders in the dataset format (lipsync.data.write_latent_folder: fp16 latents, one safetensors
+Writes `videos` folders in the dataset format (lipsync.data.folder.write_video_folder: fp16 latents, one safetensors
 file per video, wav2vec2 features), a filelist, then iterates LatentDataModule's generator loader (batch 16
 windows of T=5) for each worker count and prints generator samples (windows) per second. Reads go through the
 page cache after the first pass, as they do in a real multi-epoch run on a machine with RAM to spare.
@@ -19,20 +19,23 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lipsync import data, timing  # noqa: E402
+from lipsync import timing  # noqa: E402
+from lipsync.data.filelists import make_filelists  # noqa: E402
+from lipsync.data.folder import META_FILE, write_video_folder  # noqa: E402
+from lipsync.data.module import LatentDataModule  # noqa: E402
 
 
 def build_dataset(root: Path, videos: int, frames: int, latent: int, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     for v in range(videos):
         folder = root / f"spk{v % 16:02d}" / f"clip{v:04d}"
-        if (folder / data.META_FILE).is_file():
+        if (folder / META_FILE).is_file():
             continue
         full = torch.from_numpy(rng.standard_normal((frames, 4, latent, latent), dtype=np.float32))
         features = torch.randn(timing.num_feature_frames(frames * 640), 768)
-        data.write_latent_folder(folder, full, full * 0.5, np.arange(frames), features, "bench/random",
-                                 {"image_size": latent * 8, "codec": "bench/random"})
-    data.make_filelists(root, root / "filelists_bench", val_groups=1, test_groups=1, seed=0)
+        write_video_folder(folder, full, full * 0.5, np.arange(frames), {"image_size": latent * 8,
+                           "codec": "bench/random"}, features=features, model_id="bench/random")
+    make_filelists(root, root / "filelists_bench", val_groups=1, test_groups=1, seed=0)
 
 
 def main(argv=None):
@@ -56,7 +59,7 @@ def main(argv=None):
     os.chdir(root)  # filelists_bench/ is found in the current directory
     rows = []
     for workers in args.workers:
-        dm = data.LatentDataModule(root, "bench", task="generator", batch_size=args.batch_size,
+        dm = LatentDataModule(root, "bench", task="generator", batch_size=args.batch_size,
                                    num_workers=workers, train_samples_per_epoch=args.batch_size * (args.batches + 5))
         dm.setup()
         loader = iter(dm.train_dataloader())

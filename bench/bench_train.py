@@ -5,7 +5,7 @@ real-size architectures. Prints a table last.
     python bench/bench_train.py                      # the default sweep (about 7 min on one H100)
     python bench/bench_train.py --only customized_unet --sizes 96 --batches 2 16 32 --recipes autocast bf16_cl
 
-The step is the one models/wav2lip_module.py runs (models.unet.generate on B*T folded frames, lower-half
+The step is the one lipsync/training/generator_module.py runs (models.unet.generate on B*T folded frames, lower-half
 weighted L1 on latents, the frozen expert's BCE sync loss), without Lightning's bookkeeping.
 Recipes (how the step is run):
   autocast      fp32 weights + bf16 autocast (what Lightning's "bf16-mixed" gives under DDP; the reference's way)

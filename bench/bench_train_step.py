@@ -29,9 +29,9 @@ from pytorch_lightning import Callback  # noqa: E402
 from pytorch_lightning.loops import fetchers  # noqa: E402
 from pytorch_lightning.trainer import call as lightning_call  # noqa: E402
 
-import models.wav2lip_module as wav2lip_module  # noqa: E402
+import lipsync.training.generator_module as generator_module  # noqa: E402
 import unet_wav2lip_lightning  # noqa: E402
-from lipsync import training  # noqa: E402
+from lipsync.training import run as training  # noqa: E402
 
 PHASES: set[str] = set()
 OUTSIDE = "(outside every annotated phase)"
@@ -188,8 +188,8 @@ def main(argv=None):
     annotate(deepspeed_engine.DeepSpeedEngine, "forward", "deepspeed:forward")
     annotate(deepspeed_engine.DeepSpeedEngine, "backward", "deepspeed:backward")
     annotate(deepspeed_engine.DeepSpeedEngine, "step", "deepspeed:step")
-    annotate(wav2lip_module, "generate", "unet forward")
-    annotate(wav2lip_module.Wav2LipModule, "expert_sync_loss", "sync loss")
+    annotate(generator_module, "generate", "unet forward")
+    annotate(generator_module.GeneratorModule, "expert_sync_loss", "sync loss")
     annotate(fetchers._PrefetchDataFetcher, "__next__", "data fetch")
     annotate_lightning_hooks()
     profile = StepProfile(args.profile_at, args.window, args.kernels)

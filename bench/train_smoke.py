@@ -25,7 +25,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from lipsync import data, model_zoo, timing  # noqa: E402
+from lipsync import model_zoo, timing  # noqa: E402
+from lipsync.data.filelists import make_filelists  # noqa: E402
+from lipsync.data.folder import write_video_folder  # noqa: E402
 
 
 LOGS = None  # folder for each run's full output (--logs)
@@ -57,10 +59,10 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     for v in range(6):
         full = torch.from_numpy(rng.standard_normal((40, 4, args.latent, args.latent), dtype=np.float32))
-        data.write_latent_folder(root / f"spk{v}" / "clip0", full, full * 0.5, np.arange(40),
-                                 torch.randn(timing.num_feature_frames(40 * 640), 768), "random/w2v",
-                                 {"image_size": args.latent * 8, "codec": "random/vae"})
-    data.make_filelists(root, work / "filelists_smoke", val_groups=1, test_groups=1, seed=0)
+        write_video_folder(root / f"spk{v}" / "clip0", full, full * 0.5, np.arange(40),
+                           {"image_size": args.latent * 8, "codec": "random/vae"},
+                           features=torch.randn(timing.num_feature_frames(40 * 640), 768), model_id="random/w2v")
+    make_filelists(root, work / "filelists_smoke", val_groups=1, test_groups=1, seed=0)
     common = ["--data_root", str(root), "--dataset_name", "smoke", "--output_dir", str(work / "experiments"),
               "--max_steps", str(args.steps), "--val_samples", "4", "--train_samples_per_epoch", "64",
               "--num_workers", "2", "--log_every_n_steps", "1", "--save_top_k", "0"]
@@ -68,7 +70,7 @@ def main(argv=None):
     rc, sec = run([sys.executable, str(ROOT / "unet_syncnet_lightning.py"), *common, "--batch_size", "8"], cwd=work,
                   name="syncnet")
     rows.append(("syncnet u", rc, sec))
-    syncnet = sorted(glob.glob(str(work / "experiments/latent_syncnet_experiment/version_*/checkpoints/last.ckpt")))
+    syncnet = sorted(glob.glob(str(work / "experiments/syncnet/version_*/checkpoints/last.ckpt")))
     # an SD-1.5-shaped pipeline folder (unet/ with 4 input channels), as unet_loader.py --extract reads a real one
     if args.only is None or "stable-diffusion-v1-5" in args.only:
         sd = dict(model_zoo.sd15_unet_config(), in_channels=4)
@@ -89,7 +91,7 @@ def main(argv=None):
                        "--unet_ckpt", str(folder), "--batch_size", "2", "--accumulate_grad_batches", "1",
                        "--sync_start_step", "2", "--val_check_interval", str(args.steps)], cwd=work, name=name)
         rows.append((f"generator {name}", rc, sec))
-    zero = sorted(glob.glob(str(work / "experiments/latent_wav2lip_experiment/version_*/checkpoints/last.ckpt")))
+    zero = sorted(glob.glob(str(work / "experiments/generator/version_*/checkpoints/last.ckpt")))
     if zero:
         rc, sec = run([sys.executable, "zero_to_fp32.py", ".", "merged"], cwd=zero[0], name="merge")
         rows.append(("zero_to_fp32.py . merged", rc, sec))

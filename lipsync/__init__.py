@@ -1,1 +1,2 @@
-"""Shared code of Latent Wav2Lip: timing, audio, latent codec, faces, video I/O, data, checkpoints, inference."""
+"""The library behind the scripts: timing, audio, video, faces, the latent codec, data, checkpoints, training,
+inference (docs/ARCHITECTURE.md says where each piece lives)."""

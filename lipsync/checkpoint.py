@@ -167,6 +167,17 @@ def load_strict(module: torch.nn.Module, state: dict, source) -> None:
         raise UserError(f"weights in {source} do not match the model config: {line}") from None
 
 
+def check_unet_config(config: dict, audio_hidden_size: int, latent_channels: int) -> None:
+    """A UNet config must fit the audio encoder and the latents: fail early, in one line, not deep inside
+    cross-attention."""
+    if config.get("cross_attention_dim") != audio_hidden_size:
+        raise UserError(f"UNet cross_attention_dim {config.get('cross_attention_dim')} != audio encoder hidden "
+                        f"size {audio_hidden_size}: pick a UNet config or audio encoder that match")
+    if config.get("in_channels") != 2 * latent_channels or config.get("out_channels") != latent_channels:
+        raise UserError(f"UNet in/out channels {config.get('in_channels')}/{config.get('out_channels')} do not "
+                        f"fit {latent_channels}-channel latents (need {2 * latent_channels}/{latent_channels})")
+
+
 @dataclass
 class LoadedGenerator:
     unet: torch.nn.Module

@@ -24,3 +24,7 @@ def cli_entry(main):
             sys.exit(130)
 
     return wrapper
+
+
+class Cancelled(Exception):
+    """The caller asked a long run to stop (a cancel button, a closed connection); nothing was written."""

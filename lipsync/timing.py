@@ -36,8 +36,9 @@ def num_feature_frames(num_samples: int) -> int:
     return (num_samples - FEATURE_RECEPTIVE_FIELD) // FEATURE_HOP + 1
 
 
-def feature_frames_per_video_frame(fps: float = VIDEO_FPS) -> float:
-    return FEATURE_RATE / fps
+def num_samples_for_features(num_frames: int) -> int:
+    """The fewest samples that give `num_frames` feature frames (the inverse of num_feature_frames)."""
+    return (num_frames - 1) * FEATURE_HOP + FEATURE_RECEPTIVE_FIELD
 
 
 def num_video_frames(num_samples: int, fps: float = VIDEO_FPS) -> int:

@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from lipsync.errors import UserError
+from lipsync.files import temp_path
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 
@@ -321,11 +322,6 @@ def _as_fraction(fps) -> Fraction:
     return Fraction(fps).limit_denominator(1001)
 
 
-def temp_video_path(path: Path) -> Path:
-    """Where VideoWriter writes `path` until it is complete: a hidden file next to it."""
-    return path.with_name(f".{path.stem}.tmp{path.suffix}")
-
-
 def check_frame(frame: np.ndarray, width: int, height: int) -> None:
     """ValueError unless `frame` is what a writer of that size takes: RGB uint8 [height, width, 3]."""
     if frame.shape != (height, width, 3) or frame.dtype != np.uint8:
@@ -339,8 +335,8 @@ class VideoWriter:
     """H.264 (libx264, yuv420p, one CRF pass at an x264 `preset`) + optional AAC audio in one container, written
     atomically.
 
-    Frames go to a hidden temp file next to `path` (`.name.tmp.mp4`) that is renamed to `path` only when the
-    writer closes cleanly; leaving the `with` block by an exception deletes it, so a half-written video never
+    Frames go to a hidden temp file next to `path` (`lipsync.files.temp_path`) that is renamed to `path` only when
+    the writer closes cleanly; leaving the `with` block by an exception deletes it, so a half-written video never
     exists under the final name. The parent folder is created (and removed again with a discarded video).
 
     Video: frame n has pts n in time base 1 / fps (a Fraction: 29.97 stays exact), so the output rate is exact.
@@ -361,7 +357,7 @@ class VideoWriter:
         # folders made for the output go again with a discarded one: a failed run leaves nothing behind
         self._made_folders = [p for p in (self.path.parent, *self.path.parent.parents) if not p.exists()]
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = temp_video_path(self.path)
+        self._tmp = temp_path(self.path)
         self._container = av.open(str(self._tmp), "w")
         try:
             self._video = self._container.add_stream("libx264", rate=self._rate)

@@ -29,7 +29,8 @@ from typing import Iterator
 import numpy as np
 
 from lipsync.errors import UserError
-from lipsync.video_io import VideoWriter, check_frame, iter_frames_by_index, temp_video_path
+from lipsync.files import temp_path
+from lipsync.video_io import VideoWriter, check_frame, iter_frames_by_index
 
 _FRAME, _SHAPE_MESSAGE, _END, _ERROR = b"F", b"S", b"E", b"X"  # message types
 _SHAPE = struct.Struct("<II")  # height, width of the RGB frame that follows a decoded-frame message
@@ -247,7 +248,7 @@ class VideoWriterProcess:
         status = stop_worker(self._child)
         self._child = None
         with contextlib.suppress(OSError):
-            temp_video_path(self.path).unlink(missing_ok=True)  # a killed child left it
+            temp_path(self.path).unlink(missing_ok=True)  # a killed child left it
         return status
 
     def _fail(self, reply: bytes = b""):

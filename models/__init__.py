@@ -1,1 +1,2 @@
-"""Networks (no I/O, no flag parsing) and the Lightning modules that train them."""
+"""Networks only: nn.Modules that do no I/O, parse no flags and import nothing else of the project (weights are
+loaded by lipsync.checkpoint, training lives in lipsync.training)."""

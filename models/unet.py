@@ -12,22 +12,10 @@ import math
 import torch
 from diffusers import UNet2DConditionModel
 
-from lipsync.errors import UserError
-
 
 def build_unet(config: dict) -> UNet2DConditionModel:
     """A randomly initialised UNet from a diffusers config dict (weights are loaded by lipsync.checkpoint)."""
     return UNet2DConditionModel.from_config(config)
-
-
-def check_unet_config(config: dict, audio_hidden_size: int, latent_channels: int) -> None:
-    """Fail early, in one line, where the reference failed deep inside cross-attention (its §9.6)."""
-    if config.get("cross_attention_dim") != audio_hidden_size:
-        raise UserError(f"UNet cross_attention_dim {config.get('cross_attention_dim')} != audio encoder hidden "
-                        f"size {audio_hidden_size}: pick a UNet config or audio encoder that match")
-    if config.get("in_channels") != 2 * latent_channels or config.get("out_channels") != latent_channels:
-        raise UserError(f"UNet in/out channels {config.get('in_channels')}/{config.get('out_channels')} do not "
-                        f"fit {latent_channels}-channel latents (need {2 * latent_channels}/{latent_channels})")
 
 
 # What generator model cards record: checkpoints trained before the codes existed are refused by the loader.

@@ -8,22 +8,25 @@ import torch
 from lightning_fabric.utilities.seed import pl_worker_init_function
 
 import make_filelists
-from lipsync import data, timing
+from lipsync import timing
+from lipsync.data import datasets, filelists, folder, module
+from lipsync.data.folder import write_video_folder
 from lipsync.errors import UserError
 
 MODEL_ID = "tiny/wav2vec2"
 T = 5
 
 
-def write_video(folder, frame_index, num_features=None, model_id=MODEL_ID, channels=4, size=8, dim=3):
+def write_video(path, frame_index, num_features=None, model_id=MODEL_ID, channels=4, size=8, dim=3):
     """Latent rows hold their frame number (full = f, masked = f + 1000) and feature row k holds k, so every
     tensor of an item says which frames / feature frames it came from."""
     frame_index = np.asarray(frame_index, dtype=np.int64)
     num_features = 2 * (int(frame_index[-1]) + 1) - 1 if num_features is None else num_features
     full = torch.from_numpy(frame_index).float()[:, None, None, None].expand(-1, channels, size, size)
     features = torch.arange(num_features).float()[:, None].expand(-1, dim)
-    return data.write_latent_folder(folder, full, full + 1000, frame_index, features, model_id,
-                                    {"image_size": size * 4, "codec": "tiny/vae", "scaling_factor": 0.5})
+    return write_video_folder(path, full, full + 1000, frame_index,
+                              {"image_size": size * 4, "codec": "tiny/vae", "scaling_factor": 0.5},
+                              features=features, model_id=model_id)
 
 
 @pytest.fixture(scope="module")
@@ -52,37 +55,44 @@ def face_frames(faces):
     return faces[:, 0, 0, 0].long().tolist()
 
 
+def finished_folder(path):
+    """A folder the video stage finished: latents, then meta.json (written last)."""
+    path.mkdir(parents=True)
+    (path / folder.LATENTS_FILE).touch()
+    (path / folder.META_FILE).touch()
+
+
 def test_filelists_split_whole_groups_with_a_seed(tmp_path):
     root = tmp_path / "root"
     for g in range(10):
         for clip in range(3):
-            (root / f"id{g}" / f"{clip:05d}").mkdir(parents=True)
-            (root / f"id{g}" / f"{clip:05d}" / data.LATENTS_FILE).touch()
+            finished_folder(root / f"id{g}" / f"{clip:05d}")
     (root / "id0" / "notes").mkdir()  # no latents: not a video folder
-    first = data.make_filelists(root, tmp_path / "a", val_groups=2, test_groups=0.2, seed=0)
-    again = data.make_filelists(root, tmp_path / "b", val_groups=2, test_groups=0.2, seed=0)
-    other = data.make_filelists(root, tmp_path / "c", val_groups=2, test_groups=0.2, seed=1)
-    for split in data.SPLITS:
+    (root / "id0" / "interrupted").mkdir()  # killed before its meta.json: not listed either
+    (root / "id0" / "interrupted" / folder.LATENTS_FILE).touch()
+    first = filelists.make_filelists(root, tmp_path / "a", val_groups=2, test_groups=0.2, seed=0)
+    again = filelists.make_filelists(root, tmp_path / "b", val_groups=2, test_groups=0.2, seed=0)
+    other = filelists.make_filelists(root, tmp_path / "c", val_groups=2, test_groups=0.2, seed=1)
+    for split in filelists.SPLITS:
         assert (tmp_path / "a" / f"{split}.txt").read_text() == (tmp_path / "b" / f"{split}.txt").read_text()
     assert again == first and first != other
-    groups = {split: {entry.split("/")[0] for entry in first[split]} for split in data.SPLITS}
-    assert [len(groups[split]) for split in data.SPLITS] == [6, 2, 2]
+    groups = {split: {entry.split("/")[0] for entry in first[split]} for split in filelists.SPLITS}
+    assert [len(groups[split]) for split in filelists.SPLITS] == [6, 2, 2]
     assert not (groups["train"] & groups["val"] or groups["train"] & groups["test"] or groups["val"] & groups["test"])
     assert sum(len(entries) for entries in first.values()) == 30
     assert "random.Random(0)" in (tmp_path / "a" / "README.md").read_text()
 
-    union = data.union_filelists(tmp_path / "u", [tmp_path / "a", tmp_path / "b"])
+    union = filelists.union_filelists(tmp_path / "u", [tmp_path / "a", tmp_path / "b"])
     assert union == first  # duplicates collapse
     with pytest.raises(UserError, match="two splits"):
-        data.union_filelists(tmp_path / "u", [tmp_path / "a", tmp_path / "c"])
+        filelists.union_filelists(tmp_path / "u", [tmp_path / "a", tmp_path / "c"])
 
 
 def test_group_pattern_and_official_split(tmp_path):
     root = tmp_path / "root"
     for rel in ["hdtf/WDA_Obama_000", "hdtf/WDA_Obama_001", "hdtf/RD_Radio1_000", "hdtf/WRA_Ellmers_000"]:
-        (root / rel).mkdir(parents=True)
-        (root / rel / data.LATENTS_FILE).touch()
-    splits = data.make_filelists(root, tmp_path / "h", val_groups=1, test_groups=1, group_pattern=r"(.+)_\d+$")
+        finished_folder(root / rel)
+    splits = filelists.make_filelists(root, tmp_path / "h", val_groups=1, test_groups=1, group_pattern=r"(.+)_\d+$")
     split_of = {entry: split for split, entries in splits.items() for entry in entries}
     assert split_of["hdtf/WDA_Obama_000"] == split_of["hdtf/WDA_Obama_001"]  # one speaker, one split
     official = tmp_path / "lrs2"
@@ -91,7 +101,7 @@ def test_group_pattern_and_official_split(tmp_path):
     (official / "val.txt").write_text("hdtf/RD_Radio1_000 NF\n")
     (official / "test.txt").write_text("hdtf/WRA_Ellmers_000  MV\n")
     with pytest.warns(UserWarning, match="1 clips"):
-        splits = data.make_filelists(root, tmp_path / "o", official_split=official)
+        splits = filelists.make_filelists(root, tmp_path / "o", official_split=official)
     assert splits == {"train": ["hdtf/WDA_Obama_000", "hdtf/WDA_Obama_001"], "val": ["hdtf/RD_Radio1_000"],
                       "test": ["hdtf/WRA_Ellmers_000"]}
 
@@ -100,35 +110,35 @@ def test_read_filelist_names_and_missing_entries(videos, tmp_path, monkeypatch):
     root, _ = videos
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UserError, match="shipped names: lrs2, hdtf"):
-        data.filelist_dir("voxceleb")
+        filelists.filelist_dir("voxceleb")
     (tmp_path / "filelists_voxceleb").mkdir()  # any other name works once its folder exists
-    assert data.filelist_dir("voxceleb") == tmp_path / "filelists_voxceleb"
+    assert filelists.filelist_dir("voxceleb") == tmp_path / "filelists_voxceleb"
     (tmp_path / "filelists_hdtf").mkdir()
     with pytest.raises(UserError, match="filelists_hdtf/train.txt not found"):
-        data.read_filelist("hdtf", "train", root)
+        filelists.read_filelist("hdtf", "train", root)
     (tmp_path / "filelists_hdtf" / "train.txt").write_text("# comment\nspk0/a extra\n\nspk0/gone\nspk9/gone\n")
     with pytest.warns(UserWarning, match="2 of 3 entries"):
-        assert data.read_filelist("hdtf", "train", root) == [root / "spk0/a"]
+        assert filelists.read_filelist("hdtf", "train", root) == [root / "spk0/a"]
     (tmp_path / "filelists_hdtf" / "val.txt").write_text("spk9/gone\n")
     with pytest.warns(UserWarning), pytest.raises(UserError, match="val.txt lists no video folder"):
-        data.read_filelist("hdtf", "val", root)
+        filelists.read_filelist("hdtf", "val", root)
 
 
 def test_windows_never_cross_dropped_frames(videos):
     root, _ = videos
-    video = data.VideoLatents(root / "spk0/a", T)
+    video = folder.VideoLatents(root / "spk0/a", T)
     assert video.frames(0) == [0, 1, 2, 3, 4]
     assert [video.frames(s)[0] for s in video.starts] == [0, 1, 8] + list(range(20, 26))
     for s in video.starts:
         assert np.all(np.diff(video.frames(s)) == 1)
-    short = data.VideoLatents(root / "spk4/short", T)
+    short = folder.VideoLatents(root / "spk4/short", T)
     assert len(short.starts) == 3 and len(short.anchors) == 0
 
 
 def test_syncnet_items_negatives_and_audio(videos):
     root, layouts = videos
     with pytest.warns(UserWarning, match="1 of 6 videos"):
-        dataset = data.SyncNetDataset(folders(root, layouts), T, train=True, samples_per_epoch=200, seed=3)
+        dataset = datasets.SyncNetDataset(folders(root, layouts), T, train=True, samples_per_epoch=200, seed=3)
     labels = []
     for idx in range(len(dataset)):
         item, (v, s, w, label) = dataset[idx], dataset.sample(idx)
@@ -146,7 +156,7 @@ def test_syncnet_items_negatives_and_audio(videos):
 
 def test_generator_items(videos):
     root, _ = videos
-    dataset = data.GeneratorDataset(folders(root, ["spk0/a", "spk1/a"]), T, train=False, val_samples=20)
+    dataset = datasets.GeneratorDataset(folders(root, ["spk0/a", "spk1/a"]), T, train=False, val_samples=20)
     for idx in range(len(dataset)):
         item, (v, s, _, _) = dataset[idx], dataset.sample(idx)
         video = dataset.videos[v]
@@ -161,14 +171,14 @@ def test_generator_items(videos):
 def test_val_is_fixed_and_train_changes_with_epoch(videos):
     root, _ = videos
     names = ["spk0/a", "spk0/b", "spk1/a"]
-    val_a = data.SyncNetDataset(folders(root, names), T, train=False, val_samples=16, seed=0)
-    val_b = data.SyncNetDataset(folders(root, names), T, train=False, val_samples=16, seed=0)
+    val_a = datasets.SyncNetDataset(folders(root, names), T, train=False, val_samples=16, seed=0)
+    val_b = datasets.SyncNetDataset(folders(root, names), T, train=False, val_samples=16, seed=0)
     before = [val_a.sample(i) for i in range(16)]
     val_a.set_epoch(5)
     assert [val_a.sample(i) for i in range(16)] == before == [val_b.sample(i) for i in range(16)]
     assert [s.label for s in before] == [1, 0] * 8
 
-    train = data.SyncNetDataset(folders(root, names), T, train=True, samples_per_epoch=16, seed=0)
+    train = datasets.SyncNetDataset(folders(root, names), T, train=True, samples_per_epoch=16, seed=0)
     epoch0 = [train.sample(i) for i in range(16)]
     assert [train.sample(i) for i in range(16)] == epoch0  # a pure function of (seed, epoch, idx)
     train.set_epoch(1)
@@ -186,10 +196,10 @@ def write_hdtf_filelists(cwd, monkeypatch, train: list[str], val: list[str]) -> 
 def test_datamodule_workers_describe_and_epochs(videos, tmp_path, monkeypatch):
     root, _ = videos
     write_hdtf_filelists(tmp_path, monkeypatch, train=["spk0/a", "spk0/b", "spk2/a"], val=["spk1/a", "spk3/a"])
-    dm = data.LatentDataModule(root, "hdtf", task="generator", batch_size=4, num_workers=2,
+    dm = module.LatentDataModule(root, "hdtf", task="generator", batch_size=4, num_workers=2,
                                train_samples_per_epoch=8, val_samples=8)
     assert dm.latent_channels == 4 and dm.audio_model_id == MODEL_ID  # before setup, as training scripts use it
-    assert dm.describe() == data.DataDescription(4, 8, 3, MODEL_ID, "tiny/vae", 32)
+    assert dm.describe() == module.DataDescription(4, 8, 3, MODEL_ID, "tiny/vae", 32)
     dm.setup("fit")
     val_batches = list(dm.val_dataloader())
     direct = [dm.val_dataset[i] for i in range(8)]
@@ -218,10 +228,10 @@ class WorkerState(torch.utils.data.Dataset):
 def test_loader_workers_never_collect_inherited_objects_and_keep_lightning_seeding(videos, tmp_path, monkeypatch):
     root, _ = videos
     write_hdtf_filelists(tmp_path, monkeypatch, train=["spk0/a", "spk2/a"], val=["spk1/a"])
-    dm = data.LatentDataModule(root, "hdtf", task="generator", batch_size=2, num_workers=1, val_samples=2)
+    dm = module.LatentDataModule(root, "hdtf", task="generator", batch_size=2, num_workers=1, val_samples=2)
     dm.setup("fit")
     init_fn = dm.train_dataloader().worker_init_fn
-    assert init_fn is dm.val_dataloader().worker_init_fn is data.freeze_inherited_objects
+    assert init_fn is dm.val_dataloader().worker_init_fn is module.freeze_inherited_objects
     assert gc.get_freeze_count() == 0  # this process freezes nothing
 
     def worker_state(**kwargs):
@@ -240,16 +250,16 @@ def test_mixed_audio_encoders_are_an_error(videos, tmp_path):
     root, _ = videos
     write_video(tmp_path / "other", list(range(20)), model_id="facebook/wav2vec2-base-960h")
     with pytest.raises(UserError, match="other: wav2vec2.pt was made by 'facebook/wav2vec2-base-960h'"):
-        data.SyncNetDataset([root / "spk0/b", tmp_path / "other"], T)
+        datasets.SyncNetDataset([root / "spk0/b", tmp_path / "other"], T)
     with pytest.raises(UserError, match="expected encoder"):
-        data.GeneratorDataset([root / "spk0/b"], T, audio_model_id="facebook/wav2vec2-base-960h")
+        datasets.GeneratorDataset([root / "spk0/b"], T, audio_model_id="facebook/wav2vec2-base-960h")
 
 
 def test_make_filelists_script_union(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     for name, entries in {"3300": "a/x_1\n", "hdtf": "h/y_0\n"}.items():
         (tmp_path / f"filelists_{name}").mkdir()
-        for split in data.SPLITS:
+        for split in filelists.SPLITS:
             (tmp_path / f"filelists_{name}" / f"{split}.txt").write_text(entries.replace("\n", f"_{split}\n"))
     (tmp_path / "filelists_3300_and_hdtf").mkdir()
     make_filelists.main(["--union", "3300_and_hdtf"])

@@ -9,12 +9,13 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.models.upsampling import Upsample2D
 
 from lipsync.audio_encoder import AudioEncoder
+from lipsync.checkpoint import check_unet_config
 from lipsync.errors import UserError
 from lipsync.latent_codec import (LatentCodec, SubpixelUpsample, mask_lower_half, model_to_uint8_tensor,
                                   padded_call)
 from lipsync.timing import num_feature_frames
 from models.syncnet import SyncNet, SyncNetConfig, all_pairs_sync_loss, sync_loss
-from models.unet import audio_positions, build_unet, check_unet_config, count_parameters, generate
+from models.unet import audio_positions, build_unet, count_parameters, generate
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,8 +1,8 @@
 """video_preprocess.py + audio_preprocess.py end to end with the tiny VAE / Wav2Vec2 at 64 px (16x16 latents).
 
 The raw tree mixes a real GRID clip (mpeg1 + mp2 44.1 kHz stereo), a synthetic talking face (h264 + aac 44.1 kHz
-stereo), a clip with a faceless gap, a text file named .mp4 and a faceless video (tests/media.py). The scripts run in-process (main(argv)); one subprocess checks
-the one-line error and exit code of a real command line.
+stereo), a clip with a faceless gap, a text file named .mp4 and a faceless video (tests/media.py). The scripts run
+in-process (main(argv)); one subprocess checks the one-line error and exit code of a real command line.
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ import audio_preprocess
 import video_preprocess
 from lipsync.audio import load_audio
 from lipsync.faces import crop_faces
+from lipsync.files import temp_path
 from lipsync.latent_codec import LatentCodec, mask_lower_half, uint8_to_model
 from lipsync.timing import AUDIO_SAMPLE_RATE, num_feature_frames
 from lipsync.video_io import iter_frames, probe_video, write_video
@@ -120,7 +121,7 @@ def test_bad_videos_are_reported_and_skipped(dataset):
 def test_next_videos_first_pass_overlaps_yet_outcomes_stay_in_order(dataset, tiny_models, tmp_path):
     """VideoPreprocessor.run detects the next video in a background thread while it encodes this one: outcomes
     still come in job order, a failing first pass becomes that video's outcome, and the worker's time adds up."""
-    from lipsync.preprocess import VideoPreprocessor, VideoSettings, video_jobs
+    from lipsync.preprocess.video import VideoPreprocessor, VideoSettings, video_jobs
 
     raw, _, _ = dataset
     videos = [raw / "broken.mp4", raw / "grid" / "gap.mp4", raw / "faceless.mp4", raw / "synthetic" / "face5.mp4"]
@@ -136,7 +137,7 @@ def test_next_videos_first_pass_overlaps_yet_outcomes_stay_in_order(dataset, tin
 
 def test_stopping_early_abandons_the_next_videos_detection(dataset, tiny_models, tmp_path):
     """Ctrl-C (the consumer closing run()) must not wait for the background pass 1 of a long next video."""
-    from lipsync.preprocess import VideoPreprocessor, VideoSettings, video_jobs
+    from lipsync.preprocess.video import VideoPreprocessor, VideoSettings, video_jobs
 
     raw = tmp_path / "raw"
     long_video = raw / "long.mp4"
@@ -165,7 +166,7 @@ def test_rerun_skips_finished_and_completes_interrupted(dataset, tiny_models):
     finished, interrupted = out / "synthetic" / "face5", out / "grid" / "lwbsza"
     mtimes = {p: p.stat().st_mtime_ns for p in finished.iterdir()}
     (interrupted / "meta.json").unlink()  # killed before the last write ...
-    (interrupted / ".latents.safetensors.tmp").write_bytes(b"half a file")  # ... or during the first one
+    temp_path(interrupted / "latents.safetensors").write_bytes(b"half a file")  # ... or during the first one
     summary = run(video_preprocess, video_args(raw, out, tiny_models))
     assert summary.startswith("1 done, 2 skipped, 2 failed (of 5 videos)")
     assert {p: p.stat().st_mtime_ns for p in finished.iterdir()} == mtimes

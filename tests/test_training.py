@@ -13,7 +13,7 @@ import unet_syncnet_lightning
 import unet_wav2lip_lightning
 from lipsync import model_zoo
 from lipsync.checkpoint import load_generator, load_syncnet, read_checkpoint
-from lipsync.data import write_latent_folder
+from lipsync.data.folder import write_video_folder
 from lipsync.errors import UserError
 from models.unet import generate
 
@@ -30,9 +30,9 @@ def workdir(tmp_path_factory, tiny_models):
         full = torch.randn(FRAMES, C, SIZE, SIZE, generator=gen)
         masked = full.clone()
         masked[..., SIZE // 2:, :] = 0
-        write_latent_folder(root / "data" / name, full, masked, np.arange(FRAMES),
-                            torch.randn(2 * FRAMES - 1, DIM, generator=gen), "tiny/wav2vec2",
-                            {"image_size": 4 * SIZE, "codec": tiny_models["vae"]})
+        write_video_folder(root / "data" / name, full, masked, np.arange(FRAMES),
+                           {"image_size": 4 * SIZE, "codec": tiny_models["vae"]},
+                           features=torch.randn(2 * FRAMES - 1, DIM, generator=gen), model_id="tiny/wav2vec2")
     (root / "filelists_lrs2").mkdir()
     (root / "filelists_lrs2" / "train.txt").write_text("\n".join(names[:3]) + "\n")
     (root / "filelists_lrs2" / "val.txt").write_text(names[3] + "\n")
@@ -57,7 +57,7 @@ def syncnet_run(workdir):
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(workdir)
         trainer = unet_syncnet_lightning.main(argv(workdir, 3, "--strategy", "deepspeed_stage_2"))
-    return trainer, run_folder(workdir, "latent_syncnet_experiment", 0)
+    return trainer, run_folder(workdir, "syncnet", 0)
 
 
 def test_syncnet_zero2_checkpoint_resume_and_load(workdir, syncnet_run, monkeypatch):
@@ -75,7 +75,7 @@ def test_syncnet_zero2_checkpoint_resume_and_load(workdir, syncnet_run, monkeypa
     adam = resumed.strategy.deepspeed_engine.optimizer.optimizer  # ZeRO-2 wraps torch's AdamW
     assert {int(state["step"]) for state in adam.state.values()} == {5}  # so did the optimizer moments
 
-    final = run_folder(workdir, "latent_syncnet_experiment", 1) / "checkpoints" / "last.ckpt"
+    final = run_folder(workdir, "syncnet", 1) / "checkpoints" / "last.ckpt"
     loaded = load_syncnet(final, expect_variant="u")
     assert loaded.kind == "zero" and loaded.card["kind"] == "syncnet" and loaded.card["audio_hidden_size"] == DIM
     trained = resumed.lightning_module.syncnet.cpu().state_dict()
@@ -88,7 +88,7 @@ def test_generator_compile_flag_compiles_the_unet_in_place(workdir, syncnet_run,
     """--compile: the module the script trains holds a compiled UNet whose checkpoint keys are the eager ones
     (compiling itself is measured on the GPU, BENCHMARKS.md 1e; on CPU it would add ~90 s to this suite)."""
     built = {}
-    monkeypatch.setattr(unet_wav2lip_lightning.training, "fit",
+    monkeypatch.setattr(unet_wav2lip_lightning, "fit",
                         lambda args, module, *rest, **kw: built.update(m=module))
     monkeypatch.chdir(workdir)
     common = ["--syncnet", str(syncnet_run[1] / "checkpoints" / "last.ckpt"), "--unet_ckpt", tiny_models["unet"]]
@@ -118,9 +118,9 @@ def test_generator_sync_switch_resume_frozen_expert_and_merge(workdir, syncnet_r
     trainer = unet_wav2lip_lightning.main(argv(workdir, 3, *common, "--sync_start_step", "2"))
     assert bool(trainer.lightning_module.sync_on) and trainer.callback_metrics["train/sync_weight"] == 0.1
     assert not trainer.strategy.deepspeed_engine.tput_timer.config.enabled  # it synchronises the GPU every step
-    run = run_folder(workdir, "latent_wav2lip_experiment", 0)
+    run = run_folder(workdir, "generator", 0)
     assert (run / "samples" / "step_0000003.png").is_file()  # decoded by the dataset's codec
-    assert len(list((run / "checkpoints").glob("wav2lip-3-*.ckpt"))) == 1  # top-k by val/recon_loss
+    assert len(list((run / "checkpoints").glob("generator-3-*.ckpt"))) == 1  # top-k by val/recon_loss
 
     # resume with a rule that would never switch: the switch must come from the checkpoint's buffer
     last = run / "checkpoints" / "last.ckpt"
@@ -135,7 +135,7 @@ def test_generator_sync_switch_resume_frozen_expert_and_merge(workdir, syncnet_r
     assert not any(name.startswith(("expert", "codec")) for name in module.state_dict())
 
     # DeepSpeed's own merge script, run inside the checkpoint folder, then the one loader
-    final = run_folder(workdir, "latent_wav2lip_experiment", 1) / "checkpoints" / "last.ckpt"
+    final = run_folder(workdir, "generator", 1) / "checkpoints" / "last.ckpt"
     subprocess.run([sys.executable, "zero_to_fp32.py", ".", "merged"], cwd=final, check=True, capture_output=True)
     merged = read_checkpoint(final / "merged")
     assert merged.card["kind"] == "generator" and merged.card["T"] == 5  # the model_card buffer survived
@@ -233,7 +233,7 @@ def test_zero_step_fused_checks_match_deepspeed_and_skip_nan_steps(workdir, sync
     """ZeroStage2Strategy replaces ZeRO's per-tensor gradient checks (~5,000 GPU launches per step) with
     multi-tensor norms: the same norm and overflow verdicts as DeepSpeed's own loops, and a step whose gradients
     hold NaN is still skipped (in bf16 by the fused AdamW, told on the device)."""
-    from lipsync import training
+    from lipsync.training import run as training
 
     class PoisonOneStep(Callback):
         """At the third batch, every UNet gradient becomes NaN; record the weights around that step."""
@@ -298,7 +298,7 @@ def test_training_steps_between_logging_steps_never_wait_for_the_gpu(workdir, sy
     """Between logging steps a training iteration reads nothing back from the device: each read would make the
     host wait for the queued GPU work. The losses still reach the progress bar (read once the copy of a logging
     step's losses has landed: on this CPU, at once)."""
-    from lipsync import training
+    from lipsync.training import run as training
 
     window = CountHostWaitsBetweenBatches(first=1, last=3)  # iterations 2 and 3; steps 1 and 50 are logged
     make_trainer = training.make_trainer
@@ -322,16 +322,16 @@ def test_training_steps_between_logging_steps_never_wait_for_the_gpu(workdir, sy
 def test_bf16_run_saved_with_an_unfused_adamw_resumes(workdir, syncnet_run, tiny_models, monkeypatch):
     """Runs saved before AdamW was fused under DeepSpeed restore fused=False into the optimizer; the step that
     hands the skip verdict to the fused kernel switches it back (the unfused kernel would refuse found_inf)."""
-    from lipsync import training
+    from lipsync.training import optim
 
     monkeypatch.chdir(workdir)
     common = ["--syncnet", str(syncnet_run[1] / "checkpoints" / "last.ckpt"), "--unet_ckpt", tiny_models["unet"],
               "--precision", "bf16-mixed", "--output_dir", str(workdir / "unfused")]
     with monkeypatch.context() as old_rule:
-        old_rule.setattr(training, "_fused_adamw_pays", lambda module, params: False)
+        old_rule.setattr(optim, "fused_adamw_pays", lambda trainer, params: False)
         saved = unet_wav2lip_lightning.main(argv(workdir, 3, *common))
     assert not saved.strategy.deepspeed_engine.optimizer.optimizer.param_groups[0]["fused"]
-    last = workdir / "unfused" / "latent_wav2lip_experiment" / "version_0" / "checkpoints" / "last.ckpt"
+    last = workdir / "unfused" / "generator" / "version_0" / "checkpoints" / "last.ckpt"
     resumed = unet_wav2lip_lightning.main(argv(workdir, 5, *common, "--ckpt", str(last)))
     adam = resumed.strategy.deepspeed_engine.optimizer.optimizer
     assert resumed.global_step == 5 and all(group["fused"] for group in adam.param_groups)
@@ -345,8 +345,8 @@ def test_bf16_run_saved_with_an_unfused_adamw_resumes(workdir, syncnet_run, tiny
 def test_batches_arrive_in_the_dtype_lightning_would_cast_them_to(workdir, strategy, precision, expected):
     """Lightning casts every batch on its main thread before moving it to the GPU (DeepSpeed: any 16-bit
     precision); the loader workers deliver that dtype instead, with the same values as Lightning's cast."""
-    from lipsync.data import LatentDataModule
-    from lipsync.training import batch_dtype
+    from lipsync.data.module import LatentDataModule
+    from lipsync.training.run import batch_dtype
 
     args = unet_wav2lip_lightning.parse_args(["--data_root", "d", "--dataset_name", "n", "--syncnet", "s",
                                               "--unet_ckpt", "u", "--strategy", strategy, "--precision", precision])
@@ -376,7 +376,7 @@ def test_unet_audio_mismatch_is_one_line_before_training(workdir, tmp_path, monk
         unet_wav2lip_lightning.main(args)
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 1 and "\n" not in err and "cross_attention_dim 16" in err
-    assert not (tmp_path / "latent_wav2lip_experiment").exists()
+    assert not (tmp_path / "generator").exists()
 
 
 @pytest.mark.parametrize("precision, deepspeed, fused", [("32-true", False, True), ("bf16-mixed", False, False),
@@ -387,14 +387,16 @@ def test_adamw_is_fused_only_where_lightning_takes_it(precision, deepspeed, fuse
     refuses to clip a fused optimizer's gradients (what the scripts' --gradient_clip_val does)."""
     import pytorch_lightning as pl
 
-    from lipsync.training import CPUDeepSpeedStrategy, OptimConfig, configure_adamw
+    from lipsync.training.optim import configure_adamw
+    from lipsync.training.options import OptimConfig
+    from lipsync.training.zero import CPUDeepSpeedStrategy
 
     module = pl.LightningModule()
     module.layer = torch.nn.Linear(4, 4)
     module.trainer = pl.Trainer(accelerator="cpu", precision=precision, logger=False, enable_progress_bar=False,
                                 strategy=CPUDeepSpeedStrategy() if deepspeed else "auto")
     optimizer = configure_adamw(module, OptimConfig(lr=1e-3, weight_decay=0.0, warmup_steps=0, schedule="constant"),
-                                total_steps=10)["optimizer"]
+                                total_steps=10, trainer=module.trainer)["optimizer"]
     assert optimizer.defaults["fused"] is fused
 
 
@@ -402,12 +404,12 @@ def test_adamw_is_fused_only_where_lightning_takes_it(precision, deepspeed, fuse
                                                       ("1", "2", "ddp")])
 def test_ddp_on_one_device_runs_the_single_device_strategy(devices, nodes, expected):
     """(On this CPU-only machine --devices auto is one device.) options.json records the resolved strategy."""
-    from lipsync.training import _resolve_args
+    from lipsync.training.run import resolve_args
 
     args = unet_syncnet_lightning.parse_args(["--data_root", "d", "--dataset_name", "n", "--devices", devices,
                                               "--num_nodes", nodes])
     assert args.strategy == "ddp"  # the SyncNet script's default
-    _resolve_args(args)
+    resolve_args(args)
     assert args.strategy == expected
 
 
@@ -416,16 +418,16 @@ def test_sync_switch_host_copy_follows_the_buffer_through_load_state_dict(tiny_m
     state loaded over the module (a resumed run) must replace that copy, not leave the value read before it."""
     from diffusers import UNet2DConditionModel
 
-    from lipsync.training import OptimConfig
+    from lipsync.training.generator_module import GeneratorModule
+    from lipsync.training.options import OptimConfig
     from models.syncnet import SyncNet, SyncNetConfig
-    from models.wav2lip_module import Wav2LipModule
 
     def module():
-        return Wav2LipModule(UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(tiny_models["unet"])),
-                             SyncNet(SyncNetConfig(variant="u", audio_dim=DIM)), {"kind": "generator"},
-                             OptimConfig(lr=1e-3, weight_decay=0.0, warmup_steps=0, schedule="constant"),
-                             sync_weight=0.1, sync_start_step=None, sync_start_val_sync=0.5, lower_half_weight=1.0,
-                             codec_id=None)
+        return GeneratorModule(UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(tiny_models["unet"])),
+                               SyncNet(SyncNetConfig(variant="u", audio_dim=DIM)), {"kind": "generator"},
+                               OptimConfig(lr=1e-3, weight_decay=0.0, warmup_steps=0, schedule="constant"),
+                               sync_weight=0.1, sync_start_step=None, sync_start_val_sync=0.5, lower_half_weight=1.0,
+                               codec_id=None)
 
     switched, fresh = module(), module()
     switched._switch_sync_on("test")

@@ -10,8 +10,8 @@ scripts and functions, called exactly as the README's commands call them):
                the SD VAE); models/wav2vec2: a tiny random Wav2Vec2, frozen, used exactly as a pretrained one
  3. preprocess video_preprocess.py (RetinaFace boxes, 32 px crops -> 8x8 latents), audio_preprocess.py, and
                filelists_synthetic/ (whole identities split train / val / test)
- 4. syncnet    unet_syncnet_lightning.py (DeepSpeed ZeRO-2 on the CPU) -> experiments/latent_syncnet_experiment
- 5. generator  unet_wav2lip_lightning.py with a small UNet config -> experiments/latent_wav2lip_experiment
+ 4. syncnet    unet_syncnet_lightning.py (DeepSpeed ZeRO-2 on the CPU) -> experiments/syncnet
+ 5. generator  unet_wav2lip_lightning.py with a small UNet config -> experiments/generator
  6. merge      `python zero_to_fp32.py . merged` inside the generator's last ZeRO checkpoint folder
  7. inference  lipsync.inference.lip_sync: each held-out (test split) video driven by held-out speech
  8. evaluate   on the test split only (identities and speech never seen in training):
@@ -33,8 +33,8 @@ import shlex
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -43,6 +43,7 @@ from lipsync import model_zoo, timing
 from lipsync.audio import write_wav
 from lipsync.demo import synthetic
 from lipsync.faces import crop_faces
+from lipsync.stopwatch import Stopwatch
 from lipsync.video_io import iter_frames, write_video
 
 DATASET = "synthetic"  # filelists_synthetic/ inside output_root
@@ -110,27 +111,6 @@ def wav2vec2_config():
     config = model_zoo.tiny_wav2vec2_config(hidden_size=WAV2VEC2_HIDDEN)
     config.conv_dim = (WAV2VEC2_CONV,) * len(config.conv_dim)
     return config
-
-
-class Stages:
-    """Wall time per stage, printed as each ends."""
-
-    def __init__(self, log):
-        self.seconds: dict[str, float] = {}
-        self.log = log
-        self.started = time.perf_counter()
-
-    @contextlib.contextmanager
-    def __call__(self, name: str):
-        self.log(f"demo: [{name}] ...")
-        start = time.perf_counter()
-        yield
-        self.seconds[name] = time.perf_counter() - start
-        self.log(f"demo: [{name}] {self.seconds[name]:.1f} s")
-
-    @property
-    def total(self) -> float:
-        return time.perf_counter() - self.started
 
 
 # ------------------------------------------------------------------------------------------------- data
@@ -241,7 +221,7 @@ def measure_video(path, boxes: np.ndarray) -> np.ndarray:
 def syncnet_accuracy(checkpoint, folders, windows: int, seed: int, batch_size: int = 64) -> float:
     """Accuracy (P(in sync) > 0.5) of the expert on `windows` fixed test windows, half in sync, half not."""
     from lipsync.checkpoint import load_syncnet
-    from lipsync.data import SyncNetDataset
+    from lipsync.data.datasets import SyncNetDataset
     from models.syncnet import sync_correct
 
     expert = load_syncnet(checkpoint).syncnet
@@ -262,7 +242,7 @@ def audio_gain(checkpoint, folders, windows: int, seed: int, batch_size: int = 3
     reference frame explains and the audio does not, are left out. Shuffled = each window gets the audio of
     the next window in the batch (another time or another video)."""
     from lipsync.checkpoint import load_generator
-    from lipsync.data import GeneratorDataset
+    from lipsync.data.datasets import GeneratorDataset
     from models.unet import generate
 
     unet = load_generator(checkpoint).unet.eval()
@@ -322,14 +302,6 @@ def plot_openings(path, clips: list[dict]) -> None:
 
 # ------------------------------------------------------------------------------------------------- run
 
-def _skip_deepspeed_shm_build() -> None:
-    """DeepSpeed JIT-compiles a shared-memory collective op (40-55 s on 2 cores) at its first init, useless in
-    a one-process CPU run: the demo (like the tests' conftest) replaces the build with 'not available'."""
-    import importlib
-
-    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
-
-
 MARKER = ".lipsync_demo"  # in output_root: this folder was made by the demo and may be cleared by it
 OWN = ("data", "models", "experiments", "results", f"filelists_{DATASET}")
 
@@ -352,14 +324,14 @@ def _last_checkpoint(trainer) -> Path:
     return Path(trainer.checkpoint_callback.dirpath) / "last.ckpt"
 
 
-def run_demo(output_root, profile: str = "full", seed: int = 0, log=print) -> dict:
+SCRIPTS = ("video_preprocess", "audio_preprocess", "unet_syncnet_lightning", "unet_wav2lip_lightning")
+
+
+def run_demo(output_root, scripts: dict[str, Callable], profile: str = "full", seed: int = 0, log=print) -> dict:
     """The whole workflow into output_root (data/, models/, filelists_synthetic/, experiments/, results/);
-    returns the metrics (and `seconds`, `stage_seconds`)."""
-    import audio_preprocess
-    import unet_syncnet_lightning
-    import unet_wav2lip_lightning
-    import video_preprocess
-    from lipsync import data as data_module
+    returns the metrics (and `seconds`, `stage_seconds`). scripts: the `main(argv)` of each of SCRIPTS (demo.py
+    passes the top-level scripts' own), called exactly as their command lines would be."""
+    from lipsync.data.filelists import make_filelists
     from lipsync.inference import lip_sync, load_models
 
     p = PROFILES[profile]
@@ -369,8 +341,8 @@ def run_demo(output_root, profile: str = "full", seed: int = 0, log=print) -> di
     experiments = root / "experiments"
     for folder in (raw, latents, models, results, experiments):
         folder.mkdir(parents=True, exist_ok=True)
-    stage = Stages(log)
-    _skip_deepspeed_shm_build()
+    stopwatch = Stopwatch(log=lambda line: log(f"demo: {line}"))
+    stage = stopwatch.stage
 
     with stage("data"):
         synthetic.make_dataset(raw, p.identities, 1, p.clip_seconds, seed, size=p.frame_size, workers=CPU_WORKERS)
@@ -383,15 +355,15 @@ def run_demo(output_root, profile: str = "full", seed: int = 0, log=print) -> di
         model_zoo.save_wav2vec2(models / "wav2vec2", wav2vec2_config(), seed=seed)
 
     with stage("preprocess"):
-        video_preprocess.main(["--data_root", str(raw), "--output_root", str(latents), "--codec", str(models / "vae"),
+        scripts["video_preprocess"](["--data_root", str(raw), "--output_root", str(latents), "--codec", str(models / "vae"),
                                "--image_size", str(p.image_size), "--pads", *map(str, PADS), "--devices", "0",
                                "--batch_size", "64", "--num_workers", str(CPU_WORKERS)])
-        audio_preprocess.main(["--data_root", str(latents), "--audio_encoder", str(models / "wav2vec2"),
+        scripts["audio_preprocess"](["--data_root", str(latents), "--audio_encoder", str(models / "wav2vec2"),
                                "--device", "cpu"])
         # what `make_filelists.py --data_root D --name synthetic --val V --test T` does, into output_root
         command = shlex.join(["python", "make_filelists.py", "--data_root", str(latents), "--name", DATASET,
                               "--val", str(p.val_identities), "--test", str(p.test_identities), "--seed", str(seed)])
-        splits = data_module.make_filelists(latents, root / f"filelists_{DATASET}", p.val_identities,
+        splits = make_filelists(latents, root / f"filelists_{DATASET}", p.val_identities,
                                             p.test_identities, seed, command=command)
         log("demo: filelists " + ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
 
@@ -400,7 +372,7 @@ def run_demo(output_root, profile: str = "full", seed: int = 0, log=print) -> di
               "--val_samples", "256"]
     with contextlib.chdir(root):  # the training scripts find filelists_<name>/ in the current directory
         with stage("syncnet"):
-            trainer = unet_syncnet_lightning.main([
+            trainer = scripts["unet_syncnet_lightning"]([
                 *common, "--face_region", "lower", "--batch_size", str(p.syncnet_batch),
                 "--lr", str(p.syncnet_lr), "--warmup_steps", "40", "--max_steps", str(p.syncnet_steps),
                 "--train_samples_per_epoch", str(p.syncnet_steps * p.syncnet_batch),
@@ -412,7 +384,7 @@ def run_demo(output_root, profile: str = "full", seed: int = 0, log=print) -> di
                                                        cross_attention_dim=WAV2VEC2_HIDDEN,
                                                        sample_size=p.image_size // 4),
                 seed=seed, with_weights=False)
-            trainer = unet_wav2lip_lightning.main([
+            trainer = scripts["unet_wav2lip_lightning"]([
                 *common, "--syncnet", str(syncnet_ckpt), "--unet_ckpt", str(unet_folder),
                 "--batch_size", str(p.generator_batch), "--accumulate_grad_batches", "1",
                 "--lr", str(p.generator_lr), "--warmup_steps", "40", "--sync_weight", str(SYNC_WEIGHT),
@@ -459,8 +431,8 @@ def run_demo(output_root, profile: str = "full", seed: int = 0, log=print) -> di
         write_side_by_side(results / "demo.mp4", clips[0]["face"], clips[0]["output_path"], clips[0]["audio"])
         plot_openings(results / "mouth_opening.png", clips)
 
-    metrics["seconds"] = stage.total
-    metrics["stage_seconds"] = {name: round(seconds, 1) for name, seconds in stage.seconds.items()}
+    metrics["seconds"] = stopwatch.total
+    metrics["stage_seconds"] = {name: round(seconds, 1) for name, seconds in stopwatch.seconds.items()}
     metrics["profile"], metrics["seed"] = profile, seed
     from lipsync.files import atomic_path
 

@@ -1,10 +1,11 @@
-"""lipsync.background: items in order, the producer's exception re-raised in the consumer, no hang on early stop."""
+"""lipsync.iterables: background() keeps items in order, re-raises the producer's exception in the consumer and
+never hangs on an early stop; batched() groups items."""
 import threading
 import time
 
 import pytest
 
-from lipsync.background import background
+from lipsync.iterables import background, batched
 
 
 def test_items_arrive_in_order_and_errors_reach_the_consumer():
@@ -37,3 +38,8 @@ def test_closing_early_stops_the_producer_even_if_it_fails_later():
     items.close()
     assert time.perf_counter() - start < 5
     assert threading.active_count() == before
+
+
+def test_batched_groups_items_in_order():
+    assert list(batched(range(7), 3)) == [[0, 1, 2], [3, 4, 5], [6]]
+    assert list(batched([], 3)) == []

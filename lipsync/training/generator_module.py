@@ -1,7 +1,7 @@
 """LightningModule of the generator: trainable UNet, frozen SyncNet expert, latent L1 + gated sync loss.
 
 Frames are independent: a window [B, T, ...] is folded to B*T frames for the UNet and unfolded for the expert.
-The expert and the sample-image codec are held outside the registered children (lipsync.training.hold_frozen):
+The expert and the sample-image codec are held outside the registered children (`hold_frozen`):
 never trained, never stored, never switched to train mode; the expert runs in fp32 with autocast off.
 
 Sync gating: `sync_on` is a registered bool buffer, so checkpoints (and resumed runs) keep it. It switches on
@@ -22,7 +22,9 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from lipsync.checkpoint import encode_model_card
 from lipsync.errors import UserError
 from lipsync.latent_codec import LatentCodec, model_to_uint8
-from lipsync.training import OptimConfig, configure_adamw, hold_frozen, run_dir
+from lipsync.training.optim import configure_adamw
+from lipsync.training.options import OptimConfig
+from lipsync.training.run import run_dir
 from models.syncnet import SyncNet, sync_loss
 from models.unet import generate
 
@@ -36,7 +38,14 @@ def weighted_l1(generated: torch.Tensor, target: torch.Tensor, lower_half_weight
     return ((generated - target).abs() * rows).mean() / rows.mean()
 
 
-class Wav2LipModule(pl.LightningModule):
+def hold_frozen(module: torch.nn.Module, name: str, value) -> None:
+    """Attach a frozen network (or None) to `module` WITHOUT registering it as a child: ZeRO never shards or
+    stores it, Lightning's `.train()` never reaches it, and checkpoints hold only trainable weights, buffers and
+    the `model_card`."""
+    object.__setattr__(module, name, value)
+
+
+class GeneratorModule(pl.LightningModule):
     def __init__(self, unet: torch.nn.Module, expert: SyncNet, card: dict, optim: OptimConfig, *,
                  sync_weight: float, sync_start_step: int | None, sync_start_val_sync: float,
                  lower_half_weight: float, codec_id: str | None):
@@ -99,7 +108,7 @@ class Wav2LipModule(pl.LightningModule):
         total = recon + weight * sync if weight else recon  # no backward through the expert while off
         train = stage == "train"
         losses = {f"{stage}/recon_loss": recon, f"{stage}/sync_loss": sync, f"{stage}/total": total}
-        # training losses reach the progress bar through losses_to_show (training.progress_bar() never waits for
+        # training losses reach the progress bar through losses_to_show (progress.progress_bar() never waits for
         # the GPU); Lightning's prog_bar=True would read them on the host at every step
         self.log_dict(losses, prog_bar=not train, on_step=train, on_epoch=not train, sync_dist=not train,
                       batch_size=gt.shape[0])
@@ -144,4 +153,4 @@ class Wav2LipModule(pl.LightningModule):
         return self.codec
 
     def configure_optimizers(self):
-        return configure_adamw(self.unet, self.optim, self.trainer.estimated_stepping_batches)
+        return configure_adamw(self.unet, self.optim, self.trainer.estimated_stepping_batches, self.trainer)

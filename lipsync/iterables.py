@@ -1,10 +1,12 @@
-"""Overlap a producer with its consumer: an iterable computed in a background thread, a bounded queue between.
+"""Iterables in a pipeline: `background` overlaps a producer with its consumer (an iterable computed in a
+thread, a bounded queue between); `batched` groups items into lists.
 
-Used where the producer's work releases the GIL (video decoding, OpenCV resizing, GPU waits): inference's
-decode -> generate -> paste pipeline, and preprocessing's crop batches while the GPU encodes the previous one.
+`background` is used where the producer's work releases the GIL (video decoding, OpenCV resizing, GPU waits):
+inference's decode -> generate -> paste pipeline, and preprocessing's crop batches while the GPU encodes.
 """
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
 from typing import Iterable, Iterator
@@ -48,3 +50,10 @@ def background(items: Iterable, maxsize: int = 2) -> Iterator:
     finally:
         stop.set()
         thread.join()
+
+
+def batched(items: Iterable, size: int) -> Iterator[list]:
+    """Consecutive lists of `size` items (the last may be shorter)."""
+    items = iter(items)
+    while batch := list(itertools.islice(items, size)):
+        yield batch

@@ -1,23 +1,12 @@
-"""Raw videos -> latent dataset folders (video_preprocess.py), then Wav2Vec2 features (audio_preprocess.py).
+"""Video stage: raw videos -> dataset folders (latents.safetensors, audio.wav, meta.json; lipsync.data.folder).
 
-One folder per video (docs/ARCHITECTURE.md, "Dataset folder"):
-- `latents.safetensors`: `full` fp16 [N, C, h, w] = codec.encode(face), `masked` fp16 [N, C, h, w] =
-  codec.encode(mask_lower_half(face)), `frame_index` int64 [N] = 25-fps index of each row. Frames without a face
-  are dropped (a gap in frame_index), never shifted.
-- `audio.wav`: 16 kHz mono PCM16 of the video's first audio stream.
-- `meta.json`: source, rates, shapes, codec, the crop recipe and boxes, dropped frames, code version. Written LAST:
-  its presence marks a finished folder, so an interrupted run redoes exactly the unfinished videos.
-- `wav2vec2.pt` (audio stage): dict features fp16 [F, D] (F = timing.num_feature_frames(num_samples)), model_id,
-  hidden_size, num_samples.
-
-Every file is written under a hidden temp name and renamed, so no reader ever sees half a file. A video or folder
-that fails becomes one line of the final summary; the batch goes on.
+Frames without a face are dropped (a gap in frame_index), never shifted. Finished folders are skipped, so an
+interrupted run redoes exactly the unfinished videos. A video that fails becomes one line of the final summary.
 """
 from __future__ import annotations
 
 import functools
 import itertools
-import json
 import os
 import queue
 import subprocess
@@ -25,66 +14,25 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
 import torch.multiprocessing as mp
-from safetensors.torch import save as safetensors_bytes
 from tqdm import tqdm
 
 from lipsync import timing
-from lipsync.audio import load_audio, write_wav
-from lipsync.audio_encoder import DEFAULT_AUDIO_ENCODER, AudioEncoder
-from lipsync.background import background
-from lipsync.data import AUDIO_FILE, FEATURES_FILE, LATENTS_FILE, META_FILE  # the dataset format's owner
+from lipsync.audio import load_audio
+from lipsync.data.folder import is_finished, write_video_folder
 from lipsync.errors import UserError
 from lipsync.faces import FaceDetector, crop_faces, face_boxes
-from lipsync.files import atomic_path
+from lipsync.files import walk
+from lipsync.iterables import background, batched
 from lipsync.latent_codec import DEFAULT_CODEC, LatentCodec, mask_lower_half, padded_call, uint8_to_model
+from lipsync.preprocess.report import Outcome, attempt
 from lipsync.video_io import iter_frames, probe_video
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".mkv", ".avi", ".mpg", ".mpeg", ".webm"})
-VIDEO_OUTPUTS = (LATENTS_FILE, AUDIO_FILE, META_FILE)
-
-
-# ------------------------------------------------------------------------------------------- shared helpers
-
-@dataclass
-class Outcome:
-    """What happened to one video (or dataset folder): status is "done", "skipped" or "failed"."""
-    name: str  # path relative to the root it was found under
-    status: str
-    message: str = ""  # one line; why it failed
-    frames: int = 0  # 25-fps frames decoded (video stage)
-    detect_s: float = 0.0  # seconds spent waiting for the boxes (probe, audio, first decode pass, detection)
-    total_s: float = 0.0  # seconds of the worker's time
-
-
-def _attempt(name: str, work: Callable[[], Outcome]) -> Outcome:
-    """Run `work`; any exception becomes a failed Outcome with a one-line message (the batch must go on)."""
-    try:
-        return work()
-    except UserError as err:
-        return Outcome(name, "failed", str(err).splitlines()[0])
-    except Exception as err:  # noqa: BLE001 - a bad file must not stop a 50,000-video batch
-        first_line = (str(err).splitlines() or [""])[0]
-        return Outcome(name, "failed", f"{type(err).__name__}: {first_line}")
-
-
-def summarize(outcomes: list[Outcome], noun: str) -> str:
-    """Counts, throughput when frames were processed, then one line per failure."""
-    counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
-    lines = [f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed "
-             f"(of {len(outcomes)} {noun})"]
-    frames = sum(o.frames for o in outcomes)
-    seconds = sum(o.total_s for o in outcomes if o.status == "done")
-    if frames and seconds:
-        detect = sum(o.detect_s for o in outcomes if o.status == "done")
-        lines[0] += (f"; {frames} frames in {seconds:.1f} s ({frames / seconds:.1f} frames/s per worker, "
-                     f"waiting for detection {100 * detect / seconds:.0f} %)")
-    lines += [f"  failed  {o.name}: {o.message}" for o in outcomes if o.status == "failed"]
-    return "\n".join(lines)
 
 
 @functools.lru_cache(maxsize=1)
@@ -97,20 +45,6 @@ def code_version() -> str:
         return "unknown"
     return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
 
-
-def _json_lines(record: dict) -> str:
-    """JSON object with one top-level key per line (readable, yet thousands of boxes stay compact)."""
-    return "{\n" + ",\n".join(f" {json.dumps(key)}: {json.dumps(value)}" for key, value in record.items()) + "\n}\n"
-
-
-def _walk(root: Path) -> Iterator[tuple[Path, list[str]]]:
-    """(folder, file names) under root, following symlinked folders (datasets are often assembled from links)."""
-    for folder, dirs, files in os.walk(root, followlinks=True):
-        dirs.sort()
-        yield Path(folder), sorted(files)
-
-
-# ---------------------------------------------------------------------------------------------- video stage
 
 @dataclass(frozen=True)
 class VideoSettings:
@@ -135,7 +69,7 @@ class VideoJob:
 
 def find_videos(data_root) -> list[Path]:
     """Every video file under data_root (any depth), sorted, so shards and worker splits are reproducible."""
-    return [folder / name for folder, files in _walk(Path(data_root)) for name in files
+    return [folder / name for folder, files in walk(data_root) for name in files
             if Path(name).suffix.lower() in VIDEO_EXTENSIONS]
 
 
@@ -151,16 +85,6 @@ def video_jobs(videos: list[Path], data_root, output_root) -> list[VideoJob]:
         seen[out_dir] = relative
         jobs.append(VideoJob(video, out_dir, str(relative)))
     return jobs
-
-
-def is_complete(out_dir: Path) -> bool:
-    return all((out_dir / name).is_file() for name in VIDEO_OUTPUTS)
-
-
-def _batches(items: Iterable, size: int) -> Iterator[list]:
-    items = iter(items)
-    while batch := list(itertools.islice(items, size)):
-        yield batch
 
 
 def _until(stop: threading.Event, items: Iterable) -> Iterator:
@@ -208,7 +132,7 @@ class VideoPreprocessor:
         try:
             for job, first in passes:
                 waited = time.perf_counter() - last
-                outcome = _attempt(job.name, lambda: self._second_pass(job, first))
+                outcome = attempt(job.name, lambda: self._second_pass(job, first))
                 now = time.perf_counter()
                 outcome.total_s, outcome.detect_s, last = now - last, waited, now
                 yield outcome
@@ -236,10 +160,6 @@ class VideoPreprocessor:
         info, audio, boxes, found = first
         full, masked, frame_index = self._encode(job.video, boxes, found)
 
-        job.out_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(job.out_dir / LATENTS_FILE) as tmp:  # (save_file would create it mode 0600)
-            tmp.write_bytes(safetensors_bytes({"full": full, "masked": masked, "frame_index": frame_index}))
-        write_wav(job.out_dir / AUDIO_FILE, audio)
         meta = {
             "source": str(job.video.absolute()),
             "relative_path": job.name,
@@ -260,8 +180,7 @@ class VideoPreprocessor:
             "boxes": np.round(boxes[found].astype(np.float64), 2).tolist(),
             "code_version": code_version(),
         }
-        with atomic_path(job.out_dir / META_FILE) as tmp:  # last: marks the folder complete
-            tmp.write_text(_json_lines(meta))
+        write_video_folder(job.out_dir, full, masked, frame_index, meta, audio=audio)
         return Outcome(job.name, "done", frames=len(found))
 
     @torch.inference_mode()
@@ -278,13 +197,13 @@ class VideoPreprocessor:
         full, masked = torch.empty(shape, dtype=torch.float16), torch.empty(shape, dtype=torch.float16)
         frames = itertools.islice(enumerate(iter_frames(video, target_fps=s.fps)), len(found))
 
-        def crop_batches():  # decoding and OpenCV resizing release the GIL: they overlap the GPU's encode
-            for batch in _batches(((k, frame) for k, frame in frames if found[k]), s.batch_size):
+        def cropbatched():  # decoding and OpenCV resizing release the GIL: they overlap the GPU's encode
+            for batch in batched(((k, frame) for k, frame in frames if found[k]), s.batch_size):
                 indices = [k for k, _ in batch]
                 yield crop_faces(np.stack([frame for _, frame in batch]), boxes[indices], s.image_size)
 
         filled = 0
-        for crops in background(crop_batches()):  # uint8 [B, S, S, 3]
+        for crops in background(cropbatched()):  # uint8 [B, S, S, 3]
             images = uint8_to_model(crops, self.device, self.codec.dtype)  # [B, 3, S, S] in [-1, 1]
             # full + masked faces in codec calls of batch_size rows, padded to that one shape for the compiled
             # codec only; one call of 2 x batch_size held twice the activations: two 768 px workers on one
@@ -306,7 +225,7 @@ def preprocess_videos(data_root, output_root, settings: VideoSettings, devices: 
     if not videos:
         raise UserError(f"no videos ({' '.join(sorted(VIDEO_EXTENSIONS))}) under {data_root}")
     jobs = take_shard(video_jobs(videos, data_root, output_root), shard)
-    complete = [is_complete(job.out_dir) for job in jobs]
+    complete = [is_finished(job.out_dir) for job in jobs]
     pending = [job for job, done in zip(jobs, complete) if not done]
     outcomes = [Outcome(job.name, "skipped") for job, done in zip(jobs, complete) if done]
     results = run_video_jobs(pending, settings, devices, num_workers)
@@ -377,49 +296,3 @@ def run_video_jobs(jobs: list[VideoJob], settings: VideoSettings, devices: list[
         for process in context.processes:
             if process.is_alive():
                 process.terminate()
-
-
-# ---------------------------------------------------------------------------------------------- audio stage
-
-def find_dataset_folders(data_root) -> list[Path]:
-    """Video folders of a dataset: every folder holding audio.wav or meta.json, sorted."""
-    return [folder for folder, files in _walk(Path(data_root)) if AUDIO_FILE in files or META_FILE in files]
-
-
-def encode_folder_audio(encoder: AudioEncoder, folder: Path, name: str, overwrite: bool = False) -> Outcome:
-    """folder/audio.wav -> folder/wav2vec2.pt, skipped when it already holds this encoder's features.
-
-    Features of another encoder are recomputed only with `overwrite`: silently mixing encoders in one dataset
-    is the classic train/test mismatch (the reference preprocessed with one Wav2Vec2 and inferred with another).
-    """
-    target = folder / FEATURES_FILE
-    if target.is_file() and not overwrite:
-        stored = torch.load(target, map_location="cpu", weights_only=True, mmap=True).get("model_id")
-        if stored == encoder.model_id:
-            return Outcome(name, "skipped")
-        raise UserError(f"{FEATURES_FILE} holds features of {stored!r}, not {encoder.model_id!r} "
-                        f"(pass --overwrite to recompute)")
-    if not (folder / AUDIO_FILE).is_file():
-        raise UserError(f"no {AUDIO_FILE} (run video_preprocess.py on its video again)")
-    audio = load_audio(folder / AUDIO_FILE)  # float32 [S] at 16 kHz
-    features = encoder.encode(audio).to(torch.float16)  # [num_feature_frames(S), hidden]
-    with atomic_path(target) as tmp:
-        torch.save({"features": features, "model_id": encoder.model_id, "hidden_size": encoder.hidden_size,
-                    "num_samples": len(audio)}, tmp)
-    return Outcome(name, "done")
-
-
-def encode_dataset_audio(data_root, model_id: str = DEFAULT_AUDIO_ENCODER, device: str = "cpu",
-                         overwrite: bool = False) -> list[Outcome]:
-    """Run `encode_folder_audio` on every folder of the dataset with one encoder loaded once."""
-    data_root = Path(data_root)
-    folders = find_dataset_folders(data_root)
-    if not folders:
-        raise UserError(f"no dataset folders (with {AUDIO_FILE} or {META_FILE}) under {data_root}")
-    encoder = AudioEncoder(model_id, device=device)
-    outcomes = []
-    for folder in tqdm(folders, unit="folder", desc="audio"):
-        name = str(folder.relative_to(data_root))
-        outcomes.append(_attempt(name, lambda: encode_folder_audio(encoder, folder, name, overwrite)))
-    return outcomes
-

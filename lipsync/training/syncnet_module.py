@@ -10,7 +10,8 @@ import pytorch_lightning as pl
 import torch
 
 from lipsync.checkpoint import encode_model_card
-from lipsync.training import OptimConfig, configure_adamw
+from lipsync.training.optim import configure_adamw
+from lipsync.training.options import OptimConfig
 from models.syncnet import (SyncNet, SyncNetConfig, all_pairs_sync_loss, pair_probability, sync_correct,
                             sync_loss)
 
@@ -54,4 +55,4 @@ class SyncNetModule(pl.LightningModule):
         self._step(batch, "val")
 
     def configure_optimizers(self):
-        return configure_adamw(self.syncnet, self.optim, self.trainer.estimated_stepping_batches)
+        return configure_adamw(self.syncnet, self.optim, self.trainer.estimated_stepping_batches, self.trainer)
