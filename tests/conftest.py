@@ -1,5 +1,4 @@
 """Shared fixtures: tiny real models saved with save_pretrained, loaded by the same path a hub id takes."""
-import importlib
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may reach the hub in tests
@@ -13,10 +12,6 @@ import torch  # noqa: E402
 
 from lipsync import model_zoo  # noqa: E402
 from media import GRID, GRID2, Clip, Media, make_media, real_speech  # noqa: E402
-
-# One process only: skip DeepSpeed's 40-55 s JIT build of its shared-memory comm op (useless with 1 rank).
-# importlib, because `import deepspeed.comm.torch as m` binds the real torch package.
-importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
 
 torch.set_num_threads(2)
 
