@@ -18,7 +18,7 @@ import transformers
 
 from lipsync.errors import cli_entry
 from lipsync.inference import DEFAULT_OUTFILE, LipSyncOptions, format_summary, lip_sync
-from lipsync.video_io import X264_PRESETS
+from lipsync.video_writer import X264_PRESETS
 
 DEFAULTS = LipSyncOptions()
 

@@ -19,6 +19,7 @@ from lipsync.errors import UserError, cli_entry
 from lipsync.generator_init import SD15_PIPELINE, extract_sd_unet
 from models.unet import count_parameters
 
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--pipe", default=SD15_PIPELINE, help="SD-1.5 pipeline: hub id or local folder")

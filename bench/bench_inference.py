@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lipsync import model_zoo  # noqa: E402
 from lipsync.checkpoint import encode_model_card  # noqa: E402
 from lipsync.inference import STAGES, lip_sync, load_models  # noqa: E402
-from lipsync.video_io import X264_PRESETS  # noqa: E402
+from lipsync.video_writer import X264_PRESETS  # noqa: E402
 from models.unet import AUDIO_POSITIONS, build_unet  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

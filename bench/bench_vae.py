@@ -19,7 +19,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lipsync import model_zoo  # noqa: E402
-from lipsync.latent_codec import LatentCodec, use_subpixel_upsampling  # noqa: E402
+from lipsync.codec_upsample import use_subpixel_upsampling  # noqa: E402
+from lipsync.latent_codec import LatentCodec  # noqa: E402
 
 RECIPES = ("fp32", "eager_bf16", "cl_bf16", "compile_bf16", "compile_cl_bf16", "subpixel_bf16", "subpixel_cl_bf16",
            "compile_subpixel_bf16", "compile_subpixel_cl_bf16", "codec_bf16", "codec_recipe_bf16", "codec_compile_bf16")

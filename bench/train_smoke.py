@@ -29,7 +29,6 @@ from lipsync import model_zoo, timing  # noqa: E402
 from lipsync.data.filelists import make_filelists  # noqa: E402
 from lipsync.data.folder import write_video_folder  # noqa: E402
 
-
 LOGS = None  # folder for each run's full output (--logs)
 
 

@@ -36,7 +36,7 @@ class FaceDetector:
 
     detect_size: frames are shrunk so their longer side is at most this many pixels before detection (faces in
     talking-head videos are large; this is the main speed knob). score_threshold: minimum face confidence.
-    runtime: what runs the ONNX graph. "onnxruntime" (the default on a CPU, ~6x faster there than torch) or
+    runtime: what runs the ONNX graph. "onnxruntime" (the default on a CPU, several times faster there than torch) or
     "torch" (the default on a CUDA device: lipsync.onnx_graph runs the same graph on that GPU, outputs equal to
     onnxruntime's within ~1e-5, so detection needs no onnxruntime-gpu and no CPU cores of the GPU host).
     """
@@ -58,7 +58,7 @@ class FaceDetector:
             self.network = TorchOnnxModule(OnnxGraph(WEIGHTS)).to(self.device).eval()
             self._mean_bgr = torch.from_numpy(_MEAN_BGR).to(self.device)
         else:
-            import onnxruntime as ort  # here, not at import: cropping and pasting need no detector (~0.1 s)
+            import onnxruntime as ort  # here, not at import: cropping and pasting need no detector
 
             options = ort.SessionOptions()
             # onnxruntime's default counts the host's cores, which oversubscribes a CPU-limited container

@@ -8,8 +8,8 @@ Conventions (everything else calls these functions, nothing re-derives them):
 - SyncNet window starting at frame s (T frames): video frames [s, s + T) <-> feature frames [2s, 2s + 2T)
   (start-aligned; both cover the same time span);
 - generator window of frame f: GENERATOR_AUDIO_FRAMES = 10 feature frames (200 ms) CENTRED on the frame,
-  i.e. [2f - 4, 2f + 6) at 25 fps (the reference used [2f - 2, 2f + 8) in training and [2f, 2f + 10) at
-  inference: an off-by-one between train and test that this module removes);
+  i.e. [2f - 4, 2f + 6) at 25 fps, in training and at inference alike (it reaches 120 ms past the frame's
+  start);
 - indices outside the feature sequence are clamped to its ends (edge frames repeat), so every frame of a clip
   has a full window and nothing is ever shifted in time.
 """

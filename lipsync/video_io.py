@@ -1,4 +1,5 @@
-"""Video probe, streaming decode (with timestamp-based fps resampling) and an atomic H.264 + AAC writer.
+"""Reading video: probe, streaming decode (with timestamp-based fps resampling), decode by frame index; images.
+lipsync.video_writer writes (the one H.264 + AAC writer).
 
 Everything goes through PyAV (no ffmpeg CLI, no cv2.VideoCapture), so timestamps are read from the container
 and nothing is ever shifted in time. Frames are RGB uint8 numpy arrays [H, W, 3].
@@ -9,21 +10,17 @@ long video and a plain decode agree frame for frame.
 """
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
-import os
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import av
 import cv2
 import numpy as np
 
 from lipsync.errors import UserError
-from lipsync.files import temp_path
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 
@@ -100,17 +97,15 @@ def read_image(path) -> np.ndarray:
 # AVColorRange's full ("JPEG") range: OpenCV's I420 <-> RGB conversions are BT.601 limited range
 _BT601_COLORSPACES = frozenset({2, 5, 6})  # unspecified, BT470BG, SMPTE170M
 _FULL_RANGE = 2
-_SMPTE170M, _LIMITED_RANGE = 6, 1  # the tags VideoWriter writes (colour space, primaries, transfer; range)
 
 
 def _to_rgb(frame: av.VideoFrame, resize_factor: int) -> np.ndarray:
     """Decoded frame -> RGB uint8 [H // r, W // r, 3] (area-downsized by the integer factor r).
 
     BT.601 limited-range yuv420p (untagged video, most SD video, this project's own output) is converted by
-    OpenCV: 2-4x faster than FFmpeg's swscale in PyAV (512 px: 1,563 -> 3,089 decoded frames/s with conversion,
-    2-core CPU) and closer to the exact BT.601 formula (mean |error| 0.25 vs 1.23 grey levels: swscale's default
-    path is biased by -1.2). Anything else (BT.709, full range, 4:2:2, ...) goes through swscale, which reads the
-    frame's tags."""
+    OpenCV: several times faster than FFmpeg's swscale in PyAV and closer to the exact BT.601 formula (swscale's
+    default path is biased by about -1 grey level). Anything else (BT.709, full range, 4:2:2, ...) goes through
+    swscale, which reads the frame's tags."""
     if (frame.format.name == "yuv420p" and frame.colorspace in _BT601_COLORSPACES and frame.color_range != _FULL_RANGE
             and frame.width % 2 == 0 and frame.height % 2 == 0):
         image = cv2.cvtColor(frame.to_ndarray(), cv2.COLOR_YUV2RGB_I420)  # [H * 3 / 2, W] planes -> [H, W, 3]
@@ -233,7 +228,7 @@ _ONE_FRAME_PER_PACKET = frozenset({"mov,mp4,m4a,3gp,3g2,mj2"})  # FFmpeg demuxer
 def count_frames(path, target_fps: float | None = None, limit: int | None = None) -> int:
     """The number of frames `iter_frames(path, target_fps)` yields (at most `limit`): what a fixed face box needs
     to know of a video. An MP4 / MOV at its own rate stores one frame per packet, so its packets are counted
-    without decoding (200 frames: ~2 ms instead of ~50); other files are decoded (not converted to RGB)."""
+    without decoding; other files are decoded (not converted to RGB)."""
     decoder = _Decoder(path, target_fps)
     try:
         if decoder.container.format.name in _ONE_FRAME_PER_PACKET and not decoder.resample:
@@ -312,152 +307,3 @@ def iter_frames_by_index(path, indices, fps: float | None = None, resize_factor:
             yield _to_rgb(block[i], resize_factor)
     finally:
         decoder.close()
-
-
-_LAYOUTS = {1: "mono", 2: "stereo"}  # audio channels -> AAC channel layout
-
-
-def _as_fraction(fps) -> Fraction:
-    """Exact frame rate: 25 -> 25, 29.97 -> 2997/100, 30000 / 1001 -> 30000/1001."""
-    return Fraction(fps).limit_denominator(1001)
-
-
-def check_frame(frame: np.ndarray, width: int, height: int) -> None:
-    """ValueError unless `frame` is what a writer of that size takes: RGB uint8 [height, width, 3]."""
-    if frame.shape != (height, width, 3) or frame.dtype != np.uint8:
-        raise ValueError(f"expected uint8 frame of shape {(height, width, 3)}, got {frame.dtype} {frame.shape}")
-
-
-X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
-
-
-class VideoWriter:
-    """H.264 (libx264, yuv420p, one CRF pass at an x264 `preset`) + optional AAC audio in one container, written
-    atomically.
-
-    Frames go to a hidden temp file next to `path` (`lipsync.files.temp_path`) that is renamed to `path` only when
-    the writer closes cleanly; leaving the `with` block by an exception deletes it, so a half-written video never
-    exists under the final name. The parent folder is created (and removed again with a discarded video).
-
-    Video: frame n has pts n in time base 1 / fps (a Fraction: 29.97 stays exact), so the output rate is exact.
-    yuv420p needs even sizes: an odd width or height is padded by replicating the last column / row (the output
-    is then one pixel larger than `width` x `height`).
-
-    Audio: float32 [S] (mono) or [C, S] (C = 1 or 2) at `audio_rate`, interleaved with the video (the audio up to
-    the end of each frame goes in after it, the rest at close) with sample-exact pts, so the audio stream lasts
-    S / audio_rate seconds whatever the video length.
-    """
-
-    def __init__(self, path, fps: float, width: int, height: int, crf: int = 18, audio: np.ndarray | None = None,
-                 audio_rate: int = 16000, preset: str = "medium"):
-        self.path = Path(path)
-        self.width, self.height = width, height
-        self._rate = _as_fraction(fps)
-        self._frames_written = 0
-        # folders made for the output go again with a discarded one: a failed run leaves nothing behind
-        self._made_folders = [p for p in (self.path.parent, *self.path.parent.parents) if not p.exists()]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = temp_path(self.path)
-        self._container = av.open(str(self._tmp), "w")
-        try:
-            self._video = self._container.add_stream("libx264", rate=self._rate)
-            self._video.width, self._video.height = width + width % 2, height + height % 2
-            self._video.pix_fmt = "yuv420p"
-            self._video.options = {"crf": str(crf), "preset": preset}  # preset: x264 speed vs file size
-            self._video.codec_context.time_base = 1 / self._rate
-            context = self._video.codec_context  # tagged BT.601 limited range, as converted: players read it right
-            context.colorspace = context.color_primaries = context.color_trc = _SMPTE170M
-            context.color_range = _LIMITED_RANGE
-            self._audio = self._audio_stream(audio, audio_rate) if audio is not None else None
-        except BaseException:
-            self._discard()
-            raise
-
-    def _audio_stream(self, audio, rate: int):
-        samples = np.asarray(audio, dtype=np.float32)
-        self._samples = np.ascontiguousarray(samples[None] if samples.ndim == 1 else samples)  # [C, S]
-        if self._samples.ndim != 2 or self._samples.shape[0] not in _LAYOUTS:
-            raise ValueError(f"audio must be mono [S] or [C, S] with C in (1, 2), got shape {samples.shape}")
-        self._audio_rate = rate
-        self._samples_written = 0
-        stream = self._container.add_stream("aac", rate=rate)
-        stream.layout = _LAYOUTS[self._samples.shape[0]]
-        return stream
-
-    def __enter__(self) -> VideoWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self._discard()
-
-    def write(self, frame: np.ndarray) -> None:
-        """Append one RGB uint8 [height, width, 3] frame."""
-        check_frame(frame, self.width, self.height)
-        pad = ((0, self.height % 2), (0, self.width % 2), (0, 0))
-        if any(p[1] for p in pad):
-            frame = np.pad(frame, pad, mode="edge")
-        # OpenCV's BT.601 conversion: 512 px 2,191 -> 5,118 frames/s against swscale's inside x264's encode call
-        # (2-core CPU); x264 veryfast then writes 262 -> 299 frames/s, superfast 397 -> 535
-        planes = cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2YUV_I420)  # [H * 3 / 2, W] uint8
-        video_frame = av.VideoFrame.from_ndarray(planes, format="yuv420p")
-        video_frame.pts = self._frames_written
-        video_frame.time_base = self._video.codec_context.time_base
-        self._container.mux(self._video.encode(video_frame))
-        self._frames_written += 1
-        if self._audio is not None:
-            self._write_audio(until_sample=round(self._frames_written / self._rate * self._audio_rate))
-
-    def _write_audio(self, until_sample: int) -> None:
-        stop = min(until_sample, self._samples.shape[1])
-        if stop <= self._samples_written:
-            return
-        chunk = np.ascontiguousarray(self._samples[:, self._samples_written:stop])
-        audio_frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=self._audio.layout)
-        audio_frame.sample_rate = self._audio_rate
-        audio_frame.pts = self._samples_written
-        audio_frame.time_base = Fraction(1, self._audio_rate)
-        self._container.mux(self._audio.encode(audio_frame))
-        self._samples_written = stop
-
-    def close(self) -> None:
-        """Flush the encoders, close the file and move it to `path`."""
-        if self._container is None:
-            return
-        try:
-            if self._audio is not None:
-                self._write_audio(until_sample=self._samples.shape[1])
-                self._container.mux(self._audio.encode(None))
-            self._container.mux(self._video.encode(None))
-            self._container.close()
-        except BaseException:
-            self._discard()
-            raise
-        self._container = None
-        os.replace(self._tmp, self.path)
-
-    def _discard(self) -> None:
-        """Close and delete the temp file (the error that brought us here is the one worth reporting)."""
-        if self._container is not None:
-            with contextlib.suppress(Exception):
-                self._container.close()
-            self._container = None
-        self._tmp.unlink(missing_ok=True)
-        for folder in self._made_folders:  # deepest first
-            with contextlib.suppress(OSError):  # not empty (someone else wrote there meanwhile)
-                folder.rmdir()
-
-
-def write_video(path, frames: Iterable[np.ndarray], fps: float, audio: np.ndarray | None = None,
-                audio_rate: int = 16000, crf: int = 18) -> None:
-    """Write RGB uint8 frames (any iterable; the size is taken from the first) with optional audio."""
-    frames = iter(frames)
-    first = next(frames, None)
-    if first is None:
-        raise ValueError(f"no frames to write to {path}")
-    height, width = first.shape[:2]
-    with VideoWriter(path, fps, width, height, crf=crf, audio=audio, audio_rate=audio_rate) as writer:
-        for frame in itertools.chain([first], frames):
-            writer.write(frame)

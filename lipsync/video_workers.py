@@ -1,11 +1,10 @@
 """Video decoding and H.264 writing in child processes, for pipelines whose threads would fight over the GIL.
 
 PyAV releases Python's GIL inside FFmpeg but takes it back many times per frame, and while another thread of the
-process runs Python code, each take-back waits up to the interpreter's switch interval (5 ms). Measured on this
-project's 2-core CPU machine, next to ONE busy Python thread: writing 512 px frames with x264 veryfast 283 -> 51
-frames/s, decoding them 1769 -> 56 frames/s. A child process has its own interpreter: the parent only moves raw
-RGB frames through a pipe (about one system call per frame), which releases the GIL once and blocks in the
-kernel, not in Python.
+process runs Python code, each take-back waits up to the interpreter's switch interval (5 ms): next to one busy
+Python thread, writing and decoding slow down several-fold (BENCHMARKS.md, inference). A child process has its
+own interpreter: the parent only moves raw RGB frames through a pipe (about one system call per frame), which
+releases the GIL once and blocks in the kernel, not in Python.
 
     frames = iter_frames_by_index_in_process(path, indices, fps=25.0)   # same frames as iter_frames_by_index
     with VideoWriterProcess(path, fps, width, height, audio=..., preset="veryfast") as writer:  # as VideoWriter
@@ -30,7 +29,8 @@ import numpy as np
 
 from lipsync.errors import UserError
 from lipsync.files import temp_path
-from lipsync.video_io import VideoWriter, check_frame, iter_frames_by_index
+from lipsync.video_io import iter_frames_by_index
+from lipsync.video_writer import VideoWriter, check_frame
 
 _FRAME, _SHAPE_MESSAGE, _END, _ERROR = b"F", b"S", b"E", b"X"  # message types
 _SHAPE = struct.Struct("<II")  # height, width of the RGB frame that follows a decoded-frame message
@@ -106,7 +106,7 @@ def _error_text(payload: bytes) -> str:
 
 def start_worker(role: str) -> subprocess.Popen:
     """A `python -m lipsync.video_workers ROLE` child, started now and given its work later: its interpreter and
-    imports take ~0.15 s on a fast core (~0.5 s on a GPU host's slower ones), time a caller can overlap."""
+    imports take a fraction of a second, time a caller can overlap with its own start-up."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [_PACKAGE_ROOT, os.environ.get("PYTHONPATH")])))
     # stderr dropped (FFmpeg's messages would cut into the parent's progress bars): a child that dies without
     # reporting (killed, out of memory) is told by its exit status

@@ -28,10 +28,8 @@ def audio_positions(length: int, dim: int, device=None) -> torch.Tensor:
     Transformer's sinusoids: pairs sin(p w_k), cos(p w_k), w_k = AUDIO_POSITION_BASE^(-2k / dim)).
 
     Cross-attention treats its tokens as an unordered set, so without them the UNet cannot tell the frame's own
-    feature frames from those 100 ms away and only sees a blur of the window: on the demo's speech, a linear
-    read-out of the mouth opening from the window's mean reaches r = 0.74, from the ordered window 0.93. With the
-    codes, the demo's generator (1400 steps, eight held-out people) went from audio_gain 1.37 / sync_corr 0.78
-    to 1.92 / 0.95. Built from torch ops on `device` (no host copy), so it runs inside a captured CUDA graph."""
+    feature frames from those 100 ms away and only sees a blur of the window (what the codes bought on the demo:
+    docs/log.md). Built from torch ops on `device` (no host copy), so it runs inside a captured CUDA graph."""
     place = torch.arange(length, device=device, dtype=torch.float32)[:, None]
     pair = torch.arange(0, dim, 2, device=device, dtype=torch.float32)
     rate = torch.exp(pair * (-math.log(AUDIO_POSITION_BASE) / dim))

@@ -8,8 +8,17 @@ import pytest
 
 from lipsync.errors import UserError
 from lipsync.faces import (
-    MASK_TOP, FaceDetector, _scale_translate, color_match, crop_faces, face_boxes, fixed_box, lower_face_mask,
-    paste_faces, smooth_boxes, square_boxes,
+    MASK_TOP,
+    FaceDetector,
+    _scale_translate,
+    color_match,
+    crop_faces,
+    face_boxes,
+    fixed_box,
+    lower_face_mask,
+    paste_faces,
+    smooth_boxes,
+    square_boxes,
 )
 from lipsync.video_io import iter_frames
 

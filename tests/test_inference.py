@@ -28,7 +28,8 @@ from lipsync.checkpoint import encode_model_card
 from lipsync.errors import UserError
 from lipsync.faces import FaceDetector, face_boxes, lower_face_mask, paste_faces
 from lipsync.inference import LipSyncOptions, lip_sync, load_models
-from lipsync.video_io import VideoWriter, iter_frames, pingpong_indices, probe_video
+from lipsync.video_io import iter_frames, pingpong_indices, probe_video
+from lipsync.video_writer import VideoWriter
 from models.syncnet import SyncNet, SyncNetConfig
 from models.unet import AUDIO_POSITIONS, build_unet
 

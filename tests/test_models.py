@@ -10,10 +10,11 @@ from diffusers.models.upsampling import Upsample2D
 
 from lipsync.audio_encoder import AudioEncoder
 from lipsync.checkpoint import check_unet_config
+from lipsync.codec_upsample import use_subpixel_upsampling
 from lipsync.errors import UserError
-from lipsync.latent_codec import (LatentCodec, SubpixelUpsample, mask_lower_half, model_to_uint8_tensor,
-                                  padded_call)
+from lipsync.latent_codec import LatentCodec, mask_lower_half, model_to_uint8_tensor, padded_call
 from lipsync.timing import num_feature_frames
+from models.subpixel import SubpixelUpsample
 from models.syncnet import SyncNet, SyncNetConfig, all_pairs_sync_loss, sync_loss
 from models.unet import audio_positions, build_unet, count_parameters, generate
 
@@ -141,6 +142,20 @@ def test_codec_decodes_as_the_plain_vae(tiny_models):
     with torch.no_grad():
         torch.testing.assert_close(codec.vae.decode(latents).sample, plain.decode(latents).sample,
                                    atol=1e-5, rtol=1e-4)
+
+
+def test_upsample_adapter_leaves_a_changed_diffusers_upsampler_alone(tiny_models):
+    """lipsync.codec_upsample reads Upsample2D's attributes; an Upsample2D without one of them (a future diffusers)
+    is left in place with a warning, so the decoder still gives diffusers' own images."""
+    plain = AutoencoderKL.from_pretrained(tiny_models["vae"]).eval()
+    changed = AutoencoderKL.from_pretrained(tiny_models["vae"]).eval()
+    for module in changed.decoder.modules():
+        if isinstance(module, Upsample2D):
+            del module.interpolate
+    with pytest.warns(UserWarning, match="Upsample2D changed"):
+        assert use_subpixel_upsampling(changed.decoder) == 0
+    assert not any(isinstance(m, SubpixelUpsample) for m in changed.modules())
+    assert use_subpixel_upsampling(plain.decoder) == len(plain.config.block_out_channels) - 1
 
 
 def test_compiled_recipe_codes_as_the_plain_vae(tiny_models):

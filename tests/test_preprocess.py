@@ -29,7 +29,8 @@ from lipsync.faces import crop_faces
 from lipsync.files import temp_path
 from lipsync.latent_codec import LatentCodec, mask_lower_half, uint8_to_model
 from lipsync.timing import AUDIO_SAMPLE_RATE, num_feature_frames
-from lipsync.video_io import iter_frames, probe_video, write_video
+from lipsync.video_io import iter_frames, probe_video
+from lipsync.video_writer import write_video
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIPS = {"grid/lwbsza": "grid", "synthetic/face5": "talking_h264"}  # dataset folder: clip (conftest `clips`)

@@ -9,10 +9,15 @@ import pytest
 
 from lipsync.errors import UserError
 from lipsync.video_io import (
-    VideoWriter, count_frames, is_image_path, iter_frames, iter_frames_by_index, pingpong_indices, probe_video,
-    read_image, write_video,
+    count_frames,
+    is_image_path,
+    iter_frames,
+    iter_frames_by_index,
+    pingpong_indices,
+    probe_video,
+    read_image,
 )
-
+from lipsync.video_writer import VideoWriter, write_video
 from media import GRID, write_media
 
 SQUARE_STEP = 3  # pixels the synthetic square moves per source frame

@@ -106,8 +106,8 @@ def read_meta(folder) -> dict:
     except (OSError, json.JSONDecodeError) as err:
         raise UserError(f"cannot read {path}: {err}") from None
 # Per-process caches of what a video's items read, 1024 videos each: items pick videos uniformly, so a cache
-# smaller than the dataset misses on almost every item and reopens the files (with 64, 314 demo videos: 21 ms
-# per SyncNet batch of 64 on the CPU; with 1024: 4.4). Open maps are virtual memory; the OS pages them in.
+# smaller than the dataset misses on almost every item and reopens the files (BENCHMARKS.md, data loading).
+# Open maps are virtual memory; the OS pages them in.
 @functools.lru_cache(maxsize=1024)
 def _latents_file(path: Path):
     """Open, memory-mapped latents file: each DataLoader worker opens its own on first use (VideoLatents holds

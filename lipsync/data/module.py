@@ -128,10 +128,10 @@ def freeze_inherited_objects(worker_id: int) -> None:
     """DataLoader worker_init_fn: the objects a forked worker inherits are never garbage-collected in it.
     A worker forked after CUDA is initialized inherits the parent's CUDA tensors; if its collector frees one (a
     cycle that was garbage in the parent, e.g. left by torch.compile), the worker aborts with "CUDA error:
-    initialization error": 2 of 9 `--compile` training runs on an H100 lost their loader workers so at the first
-    step. gc.freeze() moves everything inherited into the permanent generation (Python's documented pattern for
-    fork without exec, which also keeps the collector from touching, and so copying, the parent's pages). The
-    datasets draw with explicit generators; Lightning's worker seeding runs as before when enabled."""
+    initialization error" (seen in `--compile` runs on a GPU). gc.freeze() moves everything inherited into the
+    permanent generation (Python's documented pattern for fork without exec, which also keeps the collector from
+    touching, and so copying, the parent's pages). The datasets draw with explicit generators; Lightning's worker
+    seeding runs as before when enabled."""
     gc.freeze()
     if os.environ.get("PL_SEED_WORKERS") == "1":  # seed_everything(workers=True); ours replaces its worker_init_fn
         pl_worker_init_function(worker_id)

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from lipsync import timing
-from lipsync.video_io import write_video
+from lipsync.video_writer import write_video
 
 SR = timing.AUDIO_SAMPLE_RATE
 

@@ -16,8 +16,13 @@ from lipsync import timing
 from lipsync.errors import UserError
 from lipsync.faces import crop_faces
 from lipsync.inference.models import LipSyncModels
-from lipsync.latent_codec import (mask_lower_half, model_to_uint8_tensor, padded_call, uint8_tensor_to_model,
-                                  uint8_to_model)
+from lipsync.latent_codec import (
+    mask_lower_half,
+    model_to_uint8_tensor,
+    padded_call,
+    uint8_tensor_to_model,
+    uint8_to_model,
+)
 from models.unet import generate
 
 

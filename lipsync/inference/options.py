@@ -8,7 +8,7 @@ from typing import Callable
 import numpy as np
 
 from lipsync.errors import UserError
-from lipsync.video_io import X264_PRESETS
+from lipsync.video_writer import X264_PRESETS
 
 DEFAULT_OUTFILE = "results/result_voice.mp4"
 # the per-stage table's rows, in order; "generate" = vae_encode + unet + vae_decode replayed as one CUDA graph

@@ -30,16 +30,32 @@ from tqdm import tqdm
 
 from lipsync import timing
 from lipsync.audio import decode_audio, load_audio
-from lipsync.iterables import background
 from lipsync.errors import Cancelled, UserError
-from lipsync.faces import (SMOOTH_WINDOW, FaceDetector, color_match, crop_boxes, crop_faces, face_boxes, fixed_box,
-                           lower_face_mask, paste_faces)
+from lipsync.faces import (
+    SMOOTH_WINDOW,
+    FaceDetector,
+    color_match,
+    crop_boxes,
+    crop_faces,
+    face_boxes,
+    fixed_box,
+    lower_face_mask,
+    paste_faces,
+)
 from lipsync.inference.generation import GraphedGeneration, generate_faces, reference_latent
 from lipsync.inference.models import LipSyncModels, load_models
 from lipsync.inference.options import DEFAULT_OUTFILE, STAGES, LipSyncOptions, check_options
+from lipsync.iterables import background
 from lipsync.stopwatch import Stopwatch
-from lipsync.video_io import (count_frames, is_image_path, iter_frames, iter_frames_by_index, pingpong_indices,
-                              probe_video, read_image)
+from lipsync.video_io import (
+    count_frames,
+    is_image_path,
+    iter_frames,
+    iter_frames_by_index,
+    pingpong_indices,
+    probe_video,
+    read_image,
+)
 from lipsync.video_workers import VideoWriterProcess, iter_frames_by_index_in_process, start_worker, stop_worker
 
 

@@ -197,17 +197,17 @@ class VideoPreprocessor:
         full, masked = torch.empty(shape, dtype=torch.float16), torch.empty(shape, dtype=torch.float16)
         frames = itertools.islice(enumerate(iter_frames(video, target_fps=s.fps)), len(found))
 
-        def cropbatched():  # decoding and OpenCV resizing release the GIL: they overlap the GPU's encode
+        def crop_batches():  # decoding and OpenCV resizing release the GIL: they overlap the GPU's encode
             for batch in batched(((k, frame) for k, frame in frames if found[k]), s.batch_size):
                 indices = [k for k, _ in batch]
                 yield crop_faces(np.stack([frame for _, frame in batch]), boxes[indices], s.image_size)
 
         filled = 0
-        for crops in background(cropbatched()):  # uint8 [B, S, S, 3]
+        for crops in background(crop_batches()):  # uint8 [B, S, S, 3]
             images = uint8_to_model(crops, self.device, self.codec.dtype)  # [B, 3, S, S] in [-1, 1]
             # full + masked faces in codec calls of batch_size rows, padded to that one shape for the compiled
-            # codec only; one call of 2 x batch_size held twice the activations: two 768 px workers on one
-            # 80 GB H100 peaked at 78 GB that way
+            # codec only; one call of 2 x batch_size would hold twice the activations (two 768 px workers then
+            # nearly filled an 80 GB GPU)
             latents = padded_call(self.codec.encode, s.batch_size, torch.cat([images, mask_lower_half(images)]),
                                   pad=self.compiled)
             latents = latents.to("cpu", torch.float16)

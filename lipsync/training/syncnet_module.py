@@ -12,8 +12,7 @@ import torch
 from lipsync.checkpoint import encode_model_card
 from lipsync.training.optim import configure_adamw
 from lipsync.training.options import OptimConfig
-from models.syncnet import (SyncNet, SyncNetConfig, all_pairs_sync_loss, pair_probability, sync_correct,
-                            sync_loss)
+from models.syncnet import SyncNet, SyncNetConfig, all_pairs_sync_loss, pair_probability, sync_correct, sync_loss
 
 
 class SyncNetModule(pl.LightningModule):
