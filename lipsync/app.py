@@ -277,8 +277,8 @@ def serve(checkpoint_path, files_dir, host: str = "127.0.0.1", port: int = 7860,
           max_seconds: float | None = 60.0, keep_minutes: float = 60.0, max_queue: int = 16,
           device: str = "auto", compile: bool = False, batch_size: int = DEFAULTS.batch_size) -> None:
     """Load the models, start the server, block until interrupted (Ctrl-C, or SystemExit, which app.py raises on
-    SIGTERM); running requests are then cancelled. files_dir: the app's folder for uploads and results, named by GRADIO_TEMP_DIR from before Gradio
-    was imported (some of its modules read it then); the caller removes it afterwards."""
+    SIGTERM); running requests are then cancelled. files_dir: the app's folder for uploads and results, named by
+    GRADIO_TEMP_DIR from before Gradio was imported (some of its modules read it then); the caller removes it."""
     if Path(os.environ.get("GRADIO_TEMP_DIR", "")).resolve() != Path(files_dir).resolve():
         raise ValueError("serve() needs GRADIO_TEMP_DIR=files_dir set before gradio is imported")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")

@@ -20,8 +20,9 @@ STAGES = ("audio", "video_decode", "detect", "crop", "vae_encode", "unet", "vae_
 FrameCallback = Callable[[int, int, "np.ndarray | None", np.ndarray, np.ndarray], None]
 # on_progress(step, done, total), called from the caller's thread, in this order: "load models" (only when given
 # a checkpoint path), "encode audio", "detect" (source frames searched for faces; at least once per batch; not
-# called for a video with a fixed --box), "lip sync" (output frames written: 0 first, then once per batch), "finish" (the
-# encoder flushes and the file is renamed into place). Steps without a frame count come once as (step, 0, 0).
+# called for a video with a fixed --box), "lip sync" (output frames written: 0 first, then once per batch),
+# "finish" (the encoder flushes, the file is renamed into place). Steps without a frame count come once as
+# (step, 0, 0).
 ProgressCallback = Callable[[str, int, int], None]
 
 
