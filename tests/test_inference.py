@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import av
@@ -22,19 +23,17 @@ import soxr
 import torch
 
 import media
-from lipsync import model_zoo
 from lipsync.audio import write_wav
 from lipsync.checkpoint import encode_model_card
-from lipsync.errors import UserError
+from lipsync.errors import Cancelled, UserError
 from lipsync.faces import FaceDetector, face_boxes, lower_face_mask, paste_faces
 from lipsync.inference import LipSyncOptions, lip_sync, load_models
 from lipsync.video_io import iter_frames, pingpong_indices, probe_video
 from lipsync.video_writer import VideoWriter
 from models.syncnet import SyncNet, SyncNetConfig
-from models.unet import AUDIO_POSITIONS, build_unet
 
 ROOT = Path(__file__).resolve().parents[1]
-IMAGE_SIZE = 64  # tiny VAE: 4x down -> 16x16 latents, the tiny UNet's sample size
+IMAGE_SIZE = 64  # the tiny generator's crops (conftest.generator_checkpoint)
 GRID = media.GRID.path  # 360x288, 25 fps, 75 frames: the cheapest clip to detect on
 
 
@@ -49,24 +48,8 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tiny_models):
-    """A Lightning-style generator checkpoint whose model card names the tiny codec and audio encoder."""
-    config = model_zoo.tiny_unet_config()  # cross-attention 32 = the tiny Wav2Vec2's hidden size
-    torch.manual_seed(0)
-    unet = build_unet(config)
-    card = {"kind": "generator", "unet_config": config, "audio_encoder": tiny_models["wav2vec2"],
-            "audio_hidden_size": 32, "codec": tiny_models["vae"], "image_size": IMAGE_SIZE,
-            "audio_positions": AUDIO_POSITIONS}
-    state = {f"unet.{k}": v for k, v in unet.state_dict().items()}
-    state["model_card"] = encode_model_card(card)
-    path = tiny_models["root"] / "generator.ckpt"
-    torch.save({"state_dict": state, "epoch": 0}, path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def models(checkpoint):
-    return load_models(checkpoint, device="cpu")
+def models(generator_checkpoint):
+    return load_models(generator_checkpoint, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -273,15 +256,15 @@ BAD_INPUTS = {  # case: (checkpoint, face, audio, what the message says); None =
 
 
 @pytest.fixture(scope="module")
-def script_runs(checkpoint, inputs, tmp_path_factory):
+def script_runs(generator_checkpoint, inputs, tmp_path_factory):
     """unet_inference.py as real processes, all started at once (each pays ~3 s of imports): one good run with
     the default outfile, and one run per BAD_INPUTS case. -> {name: (returncode, stdout, stderr, folder)}."""
     root = tmp_path_factory.mktemp("script_runs")
-    procs = {"good": _script("--checkpoint_path", checkpoint, "--face", GRID, "--audio",
+    procs = {"good": _script("--checkpoint_path", generator_checkpoint, "--face", GRID, "--audio",
                              inputs / "speech.wav", "--batch_size", 8, "--box", 60, 200, 120, 240, "--nosmooth",
                              "--crf", 23, "--preset", "faster", "--no_cuda_graph", cwd=root / "good")}
     for case, (ckpt, face, audio, _) in BAD_INPUTS.items():
-        procs[case] = _script("--checkpoint_path", inputs / ckpt if ckpt else checkpoint,
+        procs[case] = _script("--checkpoint_path", inputs / ckpt if ckpt else generator_checkpoint,
                               "--face", inputs / face if face else GRID,
                               "--audio", inputs / (audio or "speech.wav"), cwd=root / case)
     outputs = {name: proc.communicate(timeout=180) for name, proc in procs.items()}
@@ -319,3 +302,64 @@ def test_one_shape_padding_of_compiled_models_gives_the_same_frames(models, spee
         outputs[compiled] = np.stack(recorder.outputs)
     assert len(outputs[True]) % 8 != 0
     np.testing.assert_allclose(outputs[True].astype(int), outputs[False].astype(int), atol=1)
+
+
+def test_progress_names_every_step_in_order_and_counts_frames(generator_checkpoint, speech, tmp_path):
+    audio = _write_speech(tmp_path / "speech.wav", speech, 1.0)  # 25 output frames; detection reads 27
+    calls = []
+    summary = lip_sync(generator_checkpoint, GRID, audio, tmp_path / "out.mp4", batch_size=8, device="cpu",
+                       on_progress=lambda *call: calls.append(call))
+    steps = [step for i, (step, _, _) in enumerate(calls) if i == 0 or calls[i - 1][0] != step]
+    assert steps == ["load models", "encode audio", "detect", "lip sync", "finish"]
+    assert [call for call in calls if call[0] == "detect"] == [("detect", n, 27) for n in (8, 16, 24, 27)]
+    assert [call for call in calls if call[0] == "lip sync"] == [("lip sync", n, 25) for n in (0, 8, 16, 24, 25)]
+    assert summary["frames"] == 25
+
+
+def test_cancel_stops_within_a_batch_and_leaves_no_file_and_no_thread(models, speech, tmp_path):
+    """A server cancels a run and starts the next on the same models: the cancelled run's threads are stopped
+    before its worker processes' pipes close (a thread left reading a closed pipe's descriptor number would read
+    the next run's pipe, which may get the same number)."""
+    audio = _write_speech(tmp_path / "speech.wav", speech, 2.0)  # 50 output frames, batches of 8
+    cancel = threading.Event()
+    written = []
+
+    def on_progress(step, done, total):
+        if step == "lip sync":
+            written.append(done)
+            if done >= 16:
+                cancel.set()
+
+    with pytest.raises(Cancelled) as cancelled:
+        lip_sync(models, GRID, audio, tmp_path / "out.mp4", batch_size=8, on_progress=on_progress, cancel=cancel)
+    assert written == [0, 8, 16]  # the next batch was not written
+    assert list(tmp_path.iterdir()) == [tmp_path / "speech.wav"]  # neither the mp4 nor its temp file
+    # the exception (its traceback: the run's frames) is still alive here, and the run's threads are not
+    assert cancelled.value is not None and "background" not in {thread.name for thread in threading.enumerate()}
+    summary = lip_sync(models, GRID, audio, tmp_path / "next.mp4", batch_size=8)
+    assert summary["frames"] == probe_video(tmp_path / "next.mp4").num_frames == 50
+
+
+def test_audio_over_max_seconds_is_refused_before_any_work(models, speech, tmp_path):
+    audio = _write_speech(tmp_path / "speech.wav", speech, 2.0)
+    with pytest.raises(UserError, match="speech.wav lasts 2.0 s: the limit is 1.5 s"):
+        lip_sync(models, GRID, audio, tmp_path / "out.mp4", max_seconds=1.5,
+                 on_progress=lambda *call: pytest.fail(f"work started: {call}"))
+    assert not (tmp_path / "out.mp4").exists()
+
+
+def test_the_same_models_run_at_another_crop_size(models, speech, tmp_path):
+    """A server offers other crop sizes by replacing the size on the loaded models (the UNet is convolutional:
+    96 px crops are 24x24 latents for a UNet trained on 16x16); the run says which size it used."""
+    import dataclasses
+
+    audio = _write_speech(tmp_path / "speech.wav", speech, 0.4)
+    outputs = {}
+    for size in (IMAGE_SIZE, 96):
+        recorder = Recorder()
+        summary = lip_sync(dataclasses.replace(models, image_size=size), GRID, audio, tmp_path / f"{size}.mp4",
+                           batch_size=8, box=(60, 200, 120, 240), on_frame=recorder)
+        assert summary["crop_size"] == size
+        outputs[size] = np.stack(recorder.outputs)
+    assert models.image_size == IMAGE_SIZE
+    assert outputs[96].shape == outputs[IMAGE_SIZE].shape and (outputs[96] != outputs[IMAGE_SIZE]).any()

@@ -65,8 +65,8 @@ class GraphedGeneration:
     """generate_faces for batches of up to `batch_size` rows as ONE CUDA graph: a batch is a copy in, one replay
     and a copy out, so the GPU never waits for Python to launch each kernel while other threads hold the GIL
     (BENCHMARKS.md, inference). Inputs live in fixed buffers; rows past a short batch's end hold stale data that
-    is computed and ignored (rows are independent). Recorded once per (models, batch size, audio dim, fixed
-    reference or not) and kept on the models, with its memory pool (one batch's activations)."""
+    is computed and ignored (rows are independent). Recorded once per (models, crop size, batch size, audio dim,
+    fixed reference or not) and kept on the models, with its memory pool (one batch's activations)."""
 
     def __init__(self, models: LipSyncModels, batch_size: int, audio_dim: int, fixed_reference: bool):
         size, device = models.image_size, models.device
@@ -100,7 +100,7 @@ class GraphedGeneration:
     def for_models(cls, models: LipSyncModels, batch_size: int, audio_dim: int,
                    fixed_reference: bool) -> "GraphedGeneration":
         """The models' graph for this batch size and reference kind, recorded on first use."""
-        key = (batch_size, audio_dim, fixed_reference)
+        key = (models.image_size, batch_size, audio_dim, fixed_reference)  # models may be replace()d with a size
         with cls._recording:
             if key not in models.graphs:
                 models.graphs[key] = cls(models, batch_size, audio_dim, fixed_reference)

@@ -18,8 +18,11 @@ STAGES = ("audio", "video_decode", "detect", "crop", "vae_encode", "unet", "vae_
 # on_frame(output index, source index, crop box [4] x1y1x2y2 or None, input frame, output frame), both RGB uint8
 # [H, W, 3]: lets a caller see every frame before it is encoded (tests, validation samples)
 FrameCallback = Callable[[int, int, "np.ndarray | None", np.ndarray, np.ndarray], None]
-# on_progress(step, done, total): "detect" counts the source frames searched for faces, "lip sync" the output
-# frames written; called from the caller's thread, at least once per batch
+# on_progress(step, done, total), called from the caller's thread, in this order: "load models" (only when given
+# a checkpoint path), "encode audio", "detect" (source frames searched for faces; at least once per batch; not
+# called for a video with a fixed --box), "lip sync" (output frames written: 0 first, then once per batch),
+# "finish" (the encoder flushes, the file is renamed into place). Steps without a frame count come once as
+# (step, 0, 0).
 ProgressCallback = Callable[[str, int, int], None]
 
 
@@ -72,7 +75,8 @@ def format_summary(summary: dict) -> str:
              f"@ {summary['fps']:g} fps, {summary['audio_seconds']:g} s of audio",
              f"faces found in {summary['faces_found']}/{summary['frames']} frames "
              f"({summary['frames_without_face']} passed through unchanged); {summary['source_frames']} source "
-             f"frames; {summary['seconds']:.1f} s on {summary['device']} ({summary['dtype']})",
+             f"frames; {summary['crop_size']} px face crops; {summary['seconds']:.1f} s on {summary['device']} "
+             f"({summary['dtype']})",
              "steps (wall s): " + ", ".join(f"{name} {seconds:.2f}" for name, seconds in summary["phases"].items()),
              f"{'stage':<13}{'seconds':>9}{'frames':>8}{'fps':>9}"]
     for name, stage in summary["stages"].items():

@@ -173,6 +173,12 @@ def _blend(batches: Iterable[Batch], boxes: np.ndarray, mask: np.ndarray, match_
         yield batch, output
 
 
+def _announce(opts: LipSyncOptions, step: str) -> None:
+    """on_progress for a step without a frame count: (step, 0, 0)."""
+    if opts.on_progress is not None:
+        opts.on_progress(step, 0, 0)
+
+
 def _check_cancel(opts: LipSyncOptions) -> None:
     if opts.cancel is not None and opts.cancel.is_set():
         raise Cancelled("lip sync cancelled")
@@ -270,10 +276,12 @@ def lip_sync(checkpoint, face, audio, outfile=DEFAULT_OUTFILE, **options) -> dic
         if isinstance(checkpoint, LipSyncModels):
             models = checkpoint
         else:
+            _announce(opts, "load models")
             models = load_models(checkpoint, opts.unet_config, opts.audio_encoder, opts.codec, opts.image_size,
                                  opts.device, opts.compile)
         sync = torch.cuda.synchronize if models.device.type == "cuda" else None
         timer = Stopwatch(sync)
+        _announce(opts, "encode audio")
         with timer.stage("audio", num_out):
             features = models.audio_encoder.encode(speech)  # [F, D] at 50 Hz
 
@@ -296,8 +304,10 @@ def lip_sync(checkpoint, face, audio, outfile=DEFAULT_OUTFILE, **options) -> dic
         sources = pingpong_indices(len(boxes), num_out)  # [n_out] source frame shown by each output frame
         mask = lower_face_mask(models.image_size)  # [S, S] float32 in crop coordinates
         timers = [Stopwatch(), timer, Stopwatch(), Stopwatch()]  # one per thread
-        prepared = background(_prepare_batches(source, sources, boxes, found, opts.batch_size, models.image_size,
-                                                timers[0], decoder))
+        # each thread is stopped and joined on the way out, before the workers' pipes close: after an error or a
+        # cancel, no thread of this run is left reading a pipe whose descriptor the next run may be given
+        prepared = workers.enter_context(contextlib.closing(background(
+            _prepare_batches(source, sources, boxes, found, opts.batch_size, models.image_size, timers[0], decoder))))
 
         graphed = None
         if opts.cuda_graph and models.device.type == "cuda":
@@ -318,19 +328,24 @@ def lip_sync(checkpoint, face, audio, outfile=DEFAULT_OUTFILE, **options) -> dic
                 yield batch
 
         steps.lap("reference_and_graph")
+        if opts.on_progress is not None:
+            opts.on_progress("lip sync", 0, num_out)
         with tqdm(total=num_out, desc="lip sync", unit="frame", disable=None if opts.progress else True) as bar:
             # generation and pasting each run one batch ahead in their own threads; the main thread writes
-            blended = _blend(background(generated()), boxes, mask, opts.color_match, timers[2])
-            _write(background(blended), writer, boxes, found, opts, num_out, bar, timers[3])
+            generated_ahead = workers.enter_context(contextlib.closing(background(generated())))
+            blended = workers.enter_context(contextlib.closing(background(
+                _blend(generated_ahead, boxes, mask, opts.color_match, timers[2]))))
+            _write(blended, writer, boxes, found, opts, num_out, bar, timers[3])
         for other in (timers[0], timers[2], timers[3]):
             timer.merge(other)
         steps.lap("generate_and_write")
+        _announce(opts, "finish")
     steps.lap("finish")  # the writer flushes x264 and closes the file; both workers stop
 
     faces_found = int(found[sources].sum())
     # source_frames: frames of the face input read (all of them when the output ping-pongs over them)
     return {"outfile": str(outfile), "frames": num_out, "source_frames": len(boxes), "faces_found": faces_found,
             "frames_without_face": num_out - faces_found, "fps": source.fps, "width": source.width,
-            "height": source.height, "audio_seconds": round(seconds, 3),
+            "height": source.height, "crop_size": models.image_size, "audio_seconds": round(seconds, 3),
             "device": str(models.device), "dtype": str(models.dtype).replace("torch.", ""),
             "seconds": round(steps.total, 3), "phases": steps.laps, "stages": timer.summary(STAGES)}
