@@ -106,7 +106,7 @@ def test_detected_boxes_are_lip_syncs_boxes_of_the_whole_clip(models, tmp_path):
     assert summary["num_frames"] == 75 and summary["faces_found"] == 75
     boxes, found = face_boxes(iter_frames(GRID), FaceDetector(), batch_size=16, pads=LipSyncOptions().pads)
     np.testing.assert_array_equal(avatar.boxes, boxes)
-    cut = prepare_avatar(models, GRID, tmp_path / "cut", box=BOX, max_frames=30)
+    cut = prepare_avatar(models, GRID, tmp_path / "cut", box=BOX, max_seconds=1.2)
     assert cut["num_frames"] == len(Avatar.load(tmp_path / "cut", models).frames) == 30
 
 

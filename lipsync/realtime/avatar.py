@@ -44,15 +44,16 @@ JSON_FILE, FRAMES_FILE, ARRAYS_FILE = "avatar.json", "frames.u8", "avatar.safete
 @torch.inference_mode()
 def prepare_avatar(models: LipSyncModels, face, folder, pads=(0, 10, 0, 0), box=None, resize_factor: int = 1,
                    nosmooth: bool = False, static: bool = False, fps: float = 25.0, ref_frame: int | None = None,
-                   batch_size: int = 16, max_frames: int | None = None,
+                   batch_size: int = 16, max_seconds: float | None = None,
                    on_progress: Callable[[str, int, int], None] | None = None) -> dict:
     """Prepare `face` (video or image) as an avatar in `folder` (replaced as a whole if it exists) -> summary.
 
     Face options are lip_sync's (pads, box top bottom left right, resize_factor, nosmooth, static, fps of a still
-    image, ref_frame: one fixed reference face). max_frames: keep at most this many frames of a long video (the
-    frames are stored raw: 10 s of 512 x 512 at 25 fps take 197 MB). on_progress(step, done, total)."""
+    image, ref_frame: one fixed reference face). max_seconds: keep only the start of a long video (the frames are
+    stored raw: 10 s of 512 x 512 at 25 fps take 197 MB). on_progress(step, done, total)."""
     started = time.perf_counter()
     source = open_face(face, static, fps, resize_factor)
+    max_frames = None if max_seconds is None else max(1, round(max_seconds * source.fps))
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder) as tmp:
