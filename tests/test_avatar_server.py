@@ -46,7 +46,7 @@ def models(tiny_models):
 def avatars_dir(models, tmp_path_factory):
     root = tmp_path_factory.mktemp("avatars")
     prepare_avatar(models, media.GRID.path, root / "grid", box=BOX)
-    prepare_avatar(models, media.GRID2.path, root / "grid2", box=BOX, static=True)
+    prepare_avatar(models, media.GRID2.path, root / "grid2", static=True)  # one frame, its face detected
     return root
 
 

@@ -1,0 +1,72 @@
+"""The page in a real browser: Debian's Chromium (headless, driven by Selenium) with a wav of real speech as its
+fake microphone, against a real server on localhost. Marked `browser`: `make test` deselects it, `make
+test-browser` installs Chromium and runs it. The screenshot is kept in the test's folder (and printed)."""
+from __future__ import annotations
+
+import shutil
+import time
+
+import numpy as np
+import pytest
+
+from lipsync.audio import write_wav
+from lipsync.realtime.server import ServerOptions, create_app, load_avatars
+from lipsync.realtime.streaming import StreamOptions
+from test_avatar_server import WAIT_S, Server, avatars_dir, models, one_torch_thread  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def server(models, avatars_dir):  # noqa: F811
+    running = Server(create_app(models, load_avatars(avatars_dir, models),
+                                ServerOptions(stream=StreamOptions(silence_db=None))))
+    yield running
+    running.stop()
+
+
+def chromium(tmp_path, microphone):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+                 "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                 "--autoplay-policy=no-user-gesture-required", "--window-size=800,700",
+                 f"--use-file-for-fake-audio-capture={microphone}", f"--user-data-dir={tmp_path / 'profile'}"):
+        options.add_argument(flag)
+    return webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"))
+
+
+def test_the_page_streams_the_microphone_and_shows_frames(server, speech, tmp_path):
+    microphone = tmp_path / "speech.wav"
+    write_wav(microphone, speech)  # the fake microphone plays it (looped)
+    driver = chromium(tmp_path, microphone)
+    try:
+        driver.get(f"http://127.0.0.1:{server.port}/?avatar=grid2&autostart=mic")
+        deadline = time.monotonic() + WAIT_S
+        state = {}
+        while time.monotonic() < deadline:
+            state = driver.execute_script("const s = window.avatarState; return s && {received: s.received, "
+                                          "shown: s.shown, last: s.lastIndex, status: "
+                                          "document.getElementById('status').textContent};")
+            if state and state["shown"] >= 25:
+                break
+            time.sleep(0.2)
+        assert state and state["shown"] >= 25, state
+        assert state["last"] >= state["received"] - 1  # frames arrive in order, none lost
+        pixels = driver.execute_script(
+            "const c = document.getElementById('view'); const d = c.getContext('2d')"
+            ".getImageData(0, 0, c.width, c.height).data; let sum = 0, sq = 0;"
+            "for (let i = 0; i < d.length; i += 4) { sum += d[i]; sq += d[i] * d[i]; }"
+            "const n = d.length / 4; return [c.width, c.height, sum / n, Math.sqrt(sq / n - (sum / n) ** 2)];")
+        width, height, mean, std = pixels
+        assert (width, height) == (360, 288) and mean > 20 and std > 10  # a face, not a black canvas
+        shot = tmp_path / "avatar_page.png"
+        driver.save_screenshot(str(shot))
+        assert shot.stat().st_size > 10_000
+        print(f"screenshot: {shot} ({state['status']})")
+    finally:
+        driver.quit()
