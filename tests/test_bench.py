@@ -43,3 +43,30 @@ def test_gpu_idle_is_split_by_the_main_threads_phase_and_annotations_are_not_gpu
     shares = {label.split(" (")[0]: ms for label, ms in by_class.items()}
     assert shares == pytest.approx({"attention": 0.4, "convolution": 0.1, "compiled fused kernels": 0.25})
     assert "deepspeed:forward" not in by_name
+
+
+@pytest.fixture(scope="module")
+def bench_realtime():
+    path = Path(__file__).resolve().parents[1] / "bench" / "bench_realtime.py"
+    spec = importlib.util.spec_from_file_location("bench_realtime", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_realtime_benchmark_runs_on_the_cpu_with_the_tiny_models(bench_realtime, speech, tmp_path, capsys):
+    """One stream through the real server (a child process), then the context table, both on a short clip."""
+    from lipsync.audio import write_wav
+
+    write_wav(tmp_path / "speech.wav", speech[:16000])
+    clip = str(Path(__file__).resolve().parent / "data" / "grid_lwbsza.mpg")
+    common = ["--clip", clip, "--audio", str(tmp_path / "speech.wav"), "--work", str(tmp_path / "work"), "--tiny",
+              "--device", "cpu", "--seconds", "1.0"]
+    bench_realtime.main(common + ["--streams", "1", "--chunk_ms", "100"])
+    table = capsys.readouterr().out.split("crop px")[-1].splitlines()
+    assert len(table) == 2 and table[1].split()[:3] == ["64", "1", "100"] and "True" in table[1]
+    bench_realtime.RIGHT_CONTEXTS, bench_realtime.LEFT_CONTEXTS = (0.1, None), (1.0, None)
+    bench_realtime.main(common + ["--context_sweep"])
+    rows = capsys.readouterr().out.split("crop px")[-1].splitlines()[1:]
+    full = [row.split() for row in rows if row.split()[1:3] == ["None", "None"]]
+    assert len(rows) == 3 and float(full[0][3]) == 0.0 and float(full[0][6]) == 0.0  # full context = itself
