@@ -264,6 +264,10 @@ def main(argv=None):
     p.add_argument("--tiny", action="store_true", help="the tiny test models at 64 px (CPU)")
     p.add_argument("--context_sweep", action="store_true", help="the context table instead of the streams table")
     p.add_argument("--features_only", action="store_true", help="context sweep: the features only (no frames)")
+    p.add_argument("--right_contexts", type=float, nargs="*", default=None,
+                   help="context sweep: right contexts in seconds (default: 0 .. 1 s); full context is always added")
+    p.add_argument("--left_contexts", type=float, nargs="*", default=None,
+                   help="context sweep: left contexts in seconds (default 0.5 1 2); 'all' is always added")
     args = p.parse_args(argv)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -271,6 +275,11 @@ def main(argv=None):
     samples = int(args.seconds * timing.AUDIO_SAMPLE_RATE)
     speech = np.tile(speech, -(-samples // len(speech)))[:samples]
     pcm = np.round(np.clip(speech, -1, 1) * 32767).astype(np.int16)
+    global RIGHT_CONTEXTS, LEFT_CONTEXTS
+    if args.right_contexts is not None:
+        RIGHT_CONTEXTS = (*args.right_contexts, None)
+    if args.left_contexts is not None:
+        LEFT_CONTEXTS = (*args.left_contexts, None)
     (bench_context if args.context_sweep else bench_streams)(args, work, pcm)
 
 

@@ -59,7 +59,8 @@ class Server:
         # stops reading stalls its connection within a few frames, as over a real network
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
         self.port = self.socket.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        # no keepalive pings: on a loaded CI machine a starved client misses a pong and the connection drops
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", ws_ping_interval=None))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + WAIT_S
@@ -102,7 +103,7 @@ def receive_all(ws) -> tuple[list[tuple[int, float, np.ndarray]], dict]:
 
 
 def stream_file(server, pcm, avatar="grid", ms=40, sample_format="s16le"):
-    with connect(server.url(f"avatar={avatar}&format={sample_format}"), open_timeout=WAIT_S) as ws:
+    with connect(server.url(f"avatar={avatar}&format={sample_format}"), open_timeout=WAIT_S, ping_interval=None) as ws:
         ready = json.loads(ws.recv(timeout=WAIT_S))
         step = 16 * ms
         data = pcm if sample_format == "s16le" else pcm.astype("<f4") / 32768
@@ -138,12 +139,12 @@ def test_connections_share_batches_and_a_dropped_or_stalled_client_stalls_no_oth
     long_pcm = np.tile(pcm, 4)  # 8 s: 200 frames, well past the stalled client's socket buffers
     stalled = socket.create_connection(("127.0.0.1", server.port))
     stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    stalled_ws = connect(server.url("avatar=grid"), sock=stalled, open_timeout=WAIT_S)
+    stalled_ws = connect(server.url("avatar=grid"), sock=stalled, open_timeout=WAIT_S, ping_interval=None)
     stalled_ws.recv(timeout=WAIT_S)  # ready; then it never reads again
     for start in range(0, len(long_pcm), 1600):
         stalled_ws.send(long_pcm[start:start + 1600].tobytes())
     stalled_ws.send(json.dumps({"type": "end"}))
-    dropped = connect(server.url("avatar=grid"), open_timeout=WAIT_S)
+    dropped = connect(server.url("avatar=grid"), open_timeout=WAIT_S, ping_interval=None)
     dropped.recv(timeout=WAIT_S)
     dropped.send(long_pcm[:16000].tobytes())
     dropped.close()
@@ -198,10 +199,10 @@ BAD = {  # query, what is sent, what the error says
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_a_bad_chunk_is_an_error_on_its_own_connection_only(server, pcm, case):
     query, payload, says = BAD[case]
-    with connect(server.url("avatar=grid"), open_timeout=WAIT_S) as good:
+    with connect(server.url("avatar=grid"), open_timeout=WAIT_S, ping_interval=None) as good:
         good.recv(timeout=WAIT_S)
         good.send(pcm[:8000].tobytes())
-        with connect(server.url(query), open_timeout=WAIT_S) as bad:
+        with connect(server.url(query), open_timeout=WAIT_S, ping_interval=None) as bad:
             first = json.loads(bad.recv(timeout=WAIT_S))
             if first["type"] == "ready":
                 bad.send(pcm[:3200].tobytes())

@@ -313,7 +313,8 @@ class FrameGenerator:
             by_length.setdefault(len(request.window), []).append(request)
         for group in by_length.values():
             for piece in batched(group, 4 * self.max_batch):
-                hidden = self.models.audio_encoder.hidden_states(np.stack([r.window for r in piece]))
+                # one copy back per call, not one per request
+                hidden = self.models.audio_encoder.hidden_states(np.stack([r.window for r in piece])).float().cpu()
                 for request, states in zip(piece, hidden):
                     request.owner.accept(request, states)
 
@@ -373,6 +374,7 @@ class FrameGenerator:
             faces = faces_from_latents(models, masked, references, audio, bucket if models.compiled else None)
         return faces.cpu().numpy()
 
+    @torch.inference_mode()
     def warm_up(self, avatar: "Avatar") -> None:
         """Record (or compile) every batch shape now, not on a stream's first frames."""
         if not (self.graphed or self.models.compiled):
