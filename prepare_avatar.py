@@ -16,6 +16,7 @@ from pathlib import Path
 
 from lipsync.errors import UserError, cli_entry
 from lipsync.inference import LipSyncOptions, load_models
+from lipsync.inference.pipeline import open_face
 from lipsync.realtime.avatar import prepare_avatar
 
 DEFAULTS = LipSyncOptions()
@@ -50,6 +51,7 @@ def main(argv=None):
         raise UserError(f"--name {args.name!r}: use letters, digits, '-' and '_' only")
     if args.batch_size < 1 or args.resize_factor < 1:
         raise UserError("--batch_size and --resize_factor must be >= 1")
+    open_face(args.face, args.static, args.fps, args.resize_factor)  # a bad face file fails before the models load
     models = load_models(args.checkpoint_path, device=args.device)
     summary = prepare_avatar(models, args.face, Path(args.avatars) / args.name, pads=tuple(args.pads),
                              box=args.box, resize_factor=args.resize_factor, nosmooth=args.nosmooth,

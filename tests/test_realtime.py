@@ -216,3 +216,32 @@ def test_loading_checks_the_folder_and_the_models(avatar_dir, models, tiny_model
         cv2.imwrite(str(faceless), np.full((96, 128, 3), 128, np.uint8))
         prepare_avatar(models, faceless, tmp_path / "grey")
     assert not (tmp_path / "grey").exists() and not list(tmp_path.glob(".grey*"))
+
+
+def test_prepare_avatar_script_writes_the_folder_and_fails_in_one_line(models, tiny_models, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    checkpoint = write_tiny_generator(tiny_models, tmp_path / "g.ckpt")
+
+    def run(*args):
+        return subprocess.Popen([sys.executable, str(root / "prepare_avatar.py"), "--checkpoint_path", str(checkpoint),
+                                 "--avatars", str(tmp_path / "avatars"), *map(str, args)], cwd=tmp_path,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
+    runs = {"good": run("--face", GRID, "--name", "grid", "--box", *BOX, "--max_seconds", 0.4),
+            "bad_name": run("--face", GRID, "--name", "../x"),
+            "missing_face": run("--face", tmp_path / "nope.mp4", "--name", "x")}
+    out = {name: (proc.communicate(timeout=300), proc.returncode) for name, proc in runs.items()}
+    (stdout, stderr), code = out["good"]
+    assert code == 0, stderr
+    assert "prepared avatar 'grid'" in stdout and "10 frames" in stdout
+    assert len(Avatar.load(tmp_path / "avatars" / "grid", models).frames) == 10
+    for name, says in (("bad_name", "--name '../x'"), ("missing_face", "face file not found")):
+        (_, stderr), code = out[name]
+        lines = stderr.strip().splitlines()
+        assert code == 1 and len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], stderr
