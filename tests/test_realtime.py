@@ -245,3 +245,23 @@ def test_prepare_avatar_script_writes_the_folder_and_fails_in_one_line(models, t
         (_, stderr), code = out[name]
         lines = stderr.strip().splitlines()
         assert code == 1 and len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], stderr
+
+
+def test_compiled_models_pad_each_batch_to_a_power_of_two_and_give_the_same_frames(avatar, pcm):
+    """Compiled models (and CUDA graphs) see one shape per power-of-two batch: zero rows pad each call. Here on
+    the CPU with uncompiled modules flagged as compiled, so the padding itself is what is compared."""
+    import dataclasses
+
+    twin = dataclasses.replace(avatar, models=dataclasses.replace(avatar.models, compiled=True), idle_faces={})
+    calls = []
+    generate = twin.models.unet.forward
+    twin.models.unet.forward = lambda sample, *a, **k: calls.append(len(sample)) or generate(sample, *a, **k)
+    try:
+        FrameGenerator(twin.models, max_batch=6).warm_up(twin)
+        assert calls == [1, 2, 4, 6]
+        padded = np.stack([f for _, f in twin.stream(chunked(pcm, 100), silence_db=None, max_batch=6)])
+    finally:
+        del twin.models.unet.forward
+    assert set(calls) <= {1, 2, 4, 6} and 3 not in calls
+    plain = np.stack([f for _, f in avatar.stream(chunked(pcm, 100), silence_db=None, max_batch=6)])
+    assert np.abs(padded.astype(int) - plain).max() <= 1
