@@ -18,7 +18,8 @@ an avatar is prepared beforehand).
 Delay of frame k = the wall time it arrives at the client - the wall time its own audio (at k / fps) was spoken,
 with chunk c (audio [c d, (c + 1) d)) sent at stream start + (c + 1) d, as a microphone would. It holds the chunk
 length, the generator's look-ahead (120 ms + the last feature's 25 ms receptive field), the right context, the
-device step, JPEG and the socket. Steady = frames after the first second.
+device step, JPEG and the socket. Steady = frames after the first second (of a clip shorter than 2 s: its
+second half).
 """
 from __future__ import annotations
 
@@ -145,7 +146,8 @@ async def client(port: int, pcm: np.ndarray, chunk_ms: int, start_at: float) -> 
     fps = ready["fps"]
     indices = sorted(arrivals)
     delays = np.array([arrivals[k] - (origin + k / fps) for k in indices])
-    steady = delays[np.array(indices) / fps >= 1.0]
+    times = np.array(indices) / fps
+    steady = delays[times >= min(1.0, times.max() / 2)]  # after the first second (the second half of a short clip)
     span = arrivals[indices[-1]] - arrivals[indices[0]] if len(indices) > 1 else float("nan")
     return {"frames": len(indices), "expected": end.get("frames"),
             "first_frame_s": arrivals[0] - (origin + chunk_ms / 1000), "delays": steady,
