@@ -70,3 +70,31 @@ def test_the_page_streams_the_microphone_and_shows_frames(server, speech, tmp_pa
         print(f"screenshot: {shot} ({state['status']})")
     finally:
         driver.quit()
+
+
+def test_the_page_streams_a_file_to_its_end_and_gets_every_frame(server, speech, tmp_path):
+    clip = tmp_path / "clip.wav"
+    write_wav(clip, speech[:32000])  # 2 s
+    driver = chromium(tmp_path, clip)
+    try:
+        driver.get(f"http://127.0.0.1:{server.port}/?avatar=grid")
+        deadline = time.monotonic() + WAIT_S
+        while not driver.execute_script("return document.getElementById('avatar').options.length"):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        driver.find_element("id", "file").send_keys(str(clip))
+        state = {}
+        while time.monotonic() < deadline:
+            state = driver.execute_script("const s = window.avatarState; return {ended: s.ended, received: "
+                                          "s.received, end: s.endFrames, last: s.lastIndex, late: s.late, "
+                                          "socket: s.ws && s.ws.readyState, audio: s.ctx && s.ctx.state, "
+                                          "time: s.ctx && s.ctx.currentTime, status: "
+                                          "document.getElementById('status').textContent};")
+            if state["ended"]:
+                break
+            time.sleep(0.2)
+        # the file played to its end; every frame the server made for the audio the page sent arrived, in order
+        assert state["ended"] and state["received"] == state["end"] == state["last"] + 1, str(state)
+        assert 45 <= state["received"] <= 50, state  # 2 s at 25 fps, less the page's last partial 20 ms block
+    finally:
+        driver.quit()
