@@ -6,11 +6,11 @@ speech cached in one folder, and its frames streamed from speech chunks.
     for timestamp, frame in avatar.stream(chunks): ...
 
 Folder (`avatars/NAME/`):
-| file | content |
-|---|---|
-| `avatar.json` | format version, source, fps, frame count and size, crop size, codec id, latent shape, face options |
-| `frames.u8` | the source frames, raw RGB uint8 [N, H, W, 3] (C order; shape in avatar.json): memory-mapped |
-| `avatar.safetensors` | `boxes` float32 [N, 4] square crop boxes, `found` uint8 [N], `crops` uint8 [N, S, S, 3], `masked` and `reference` float32 [N, C, h, w] scaled latents (zeros where no face), `mask` float32 [S, S] lower-face paste mask, `order` int64 [P] source frame of output frame k is order[k % P] (one ping-pong period) |
+- `avatar.json`: format version, source, fps, frame count and size, crop size, codec id, latent shape, face options
+- `frames.u8`: the source frames, raw RGB uint8 [N, H, W, 3] (C order, shape in avatar.json), memory-mapped
+- `avatar.safetensors`: `boxes` float32 [N, 4] square crop boxes, `found` uint8 [N], `crops` uint8 [N, S, S, 3],
+  `masked` and `reference` float32 [N, C, h, w] scaled latents (zeros where no face), `mask` float32 [S, S] the
+  lower-face paste mask, `order` int64 [P] one ping-pong period (output frame k shows source order[k % P])
 
 The recipe is lip_sync's: the same decoder, detector, smoothing, square crop, codec step (`encode_faces`), paste
 mask and ping-pong order, so a stream with full context gives lip_sync's frames (tests/test_realtime.py).

@@ -30,7 +30,6 @@ import logging
 import os
 import struct
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -243,8 +242,8 @@ def create_app(models: LipSyncModels, avatars: dict[str, Avatar], options: Serve
     right = options.stream.right_context_s
     # audio past a frame's start that must arrive before the frame can be made: the generator's window (120 ms),
     # the last feature's receptive field (25 ms) and the stream's right context
-    delay_s = (timing.num_samples_for_features(timing.generator_window_end(0) + 1) / timing.AUDIO_SAMPLE_RATE
-               - 1 / timing.FEATURE_RATE + (right or 0.0))
+    delay_s = (timing.num_samples_for_features(timing.generator_window_end(0)) / timing.AUDIO_SAMPLE_RATE
+               + (right or 0.0))
 
     @contextlib.asynccontextmanager
     async def lifespan(app):

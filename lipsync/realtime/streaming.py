@@ -136,7 +136,8 @@ class StreamingFeatures:
 
     def samples(self, start: int, stop: int) -> np.ndarray:
         """Raw samples [start, stop) (clipped to what was received and kept)."""
-        return self.audio[max(start, self.offset) - self.offset:max(min(stop, self.received), self.offset) - self.offset]
+        stop = max(min(stop, self.received), self.offset)
+        return self.audio[max(start, self.offset) - self.offset:stop - self.offset]
 
     def trim(self, keep_from: int) -> None:
         """Forget raw samples before `keep_from` (never those a future window needs)."""
