@@ -69,4 +69,4 @@ def test_the_realtime_benchmark_runs_on_the_cpu_with_the_tiny_models(bench_realt
     bench_realtime.main(common + ["--context_sweep"])
     rows = capsys.readouterr().out.split("crop px")[-1].splitlines()[1:]
     full = [row.split() for row in rows if row.split()[1:3] == ["None", "None"]]
-    assert len(rows) == 3 and float(full[0][3]) == 0.0 and float(full[0][6]) == 0.0  # full context = itself
+    assert len(rows) == 3 and float(full[0][3]) == 0.0 and float(full[0][7]) == 0.0  # full context = itself
