@@ -5,7 +5,7 @@ convolutional position embedding, on audio normalised over the clip). So Streami
 frames of each 40 ms step from a window of audio that reaches `left_context_s` back and `right_context_s` ahead
 of them (the right context is latency the stream adds), normalised by the running statistics of the audio up to
 the window's end. Each step's window depends only on the audio, never on how it was chunked: chunks of 20, 40 or
-100 ms give the same features. With both contexts None (unbounded) the one window is the whole clip at the end of
+100 ms give the same features (up to float rounding: windows encoded in one batch round differently, ~2e-6). With both contexts None (unbounded) the one window is the whole clip at the end of
 the stream and the features are exactly AudioEncoder.encode's (the offline path's).
 
 A video frame k (at k / fps) can be generated once its generator window (timing.generator_window_end: 120 ms past
