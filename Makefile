@@ -1,7 +1,7 @@
 # Two commands for a fresh machine; each creates .venv and installs what it needs.
 #   make demo   the whole workflow on built-in synthetic data (CPU is enough), prints the demo's numbers
 #   make test   the test suite
-#   make test-browser   the web app in headless Chromium (installs Debian's chromium + chromedriver: root or sudo)
+#   make test-browser   the tests that drive the web pages in headless Chromium (installs Debian's chromium)
 # On a machine with a CUDA torch already installed, use `pip install -r requirements.txt` instead of .venv.
 PYTHON ?= python3
 VENV := .venv
@@ -22,10 +22,10 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest
 
-# Debian's Chromium and its chromedriver (Selenium drives the OS's browser: nothing is downloaded at test time)
+# the tests marked `browser` (pages driven in Debian's headless Chromium; nothing downloaded at test time)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 test-browser: $(VENV)/.installed
 	[ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] || \
 		{ $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium chromium-driver; }
 	$(VENV)/bin/pip install -q --disable-pip-version-check selenium==4.51.0
-	$(PY) -m pytest -m browser -s tests/test_browser.py
+	$(PY) -m pytest -m browser -s

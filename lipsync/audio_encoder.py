@@ -3,8 +3,15 @@
 Long audio is cut into chunks that overlap by `context_s` on each side; only each chunk's central frames are
 kept, so the output has exactly `timing.num_feature_frames(len(audio))` frames (what one pass gives: no drift,
 no padding frames) while attention memory stays bounded on a 10-minute file.
+
+Normalisation (wav2vec2-base-960h's feature extractor: zero mean, unit variance) is computed from `Moments`, the
+running count / sum / sum of squares of the samples in float64. A whole clip and a stream fed chunk by chunk
+then normalise with the same numbers: sums of 16-bit PCM samples are exact in float64 whatever the chunking
+(lipsync.realtime.streaming relies on it to reproduce this encoder exactly when it sees the whole clip).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -14,6 +21,33 @@ from lipsync.errors import UserError
 from lipsync.timing import AUDIO_SAMPLE_RATE, FEATURE_HOP, FEATURE_RECEPTIVE_FIELD, num_feature_frames
 
 DEFAULT_AUDIO_ENCODER = "facebook/wav2vec2-base-960h"
+NORMALIZE_EPS = 1e-7  # added to the variance, as the Hugging Face feature extractor does
+
+
+@dataclass
+class Moments:
+    """Count, sum and sum of squares (float64) of the samples seen so far: the normalisation statistics."""
+    count: int = 0
+    total: float = 0.0
+    squares: float = 0.0
+
+    def add(self, samples: np.ndarray) -> None:
+        samples = np.asarray(samples, dtype=np.float64)
+        self.count += samples.size
+        self.total += float(samples.sum())
+        self.squares += float(np.square(samples).sum())
+
+    @classmethod
+    def of(cls, samples: np.ndarray) -> "Moments":
+        moments = cls()
+        moments.add(samples)
+        return moments
+
+    def mean_std(self, min_std: float = 0.0) -> tuple[float, float]:
+        """(mean, standard deviation); the deviation is at least `min_std` (a stream's floor for silence)."""
+        mean = self.total / max(self.count, 1)
+        variance = max(self.squares / max(self.count, 1) - mean * mean, 0.0)
+        return mean, max(float(np.sqrt(variance + NORMALIZE_EPS)), min_std)
 
 
 class AudioEncoder:
@@ -36,6 +70,21 @@ class AudioEncoder:
         self.chunk_frames = int(chunk_s * AUDIO_SAMPLE_RATE / FEATURE_HOP)
         self.context_frames = int(context_s * AUDIO_SAMPLE_RATE / FEATURE_HOP)
 
+    def normalized(self, audio: np.ndarray, moments: Moments, min_std: float = 0.0) -> np.ndarray:
+        """audio float32 [..., S] scaled by `moments` (mean 0, unit variance over the samples they counted);
+        unchanged for encoders that do not normalise."""
+        if not self.normalize:
+            return np.asarray(audio, dtype=np.float32)
+        mean, std = moments.mean_std(min_std)
+        return (np.asarray(audio, dtype=np.float32) - np.float32(mean)) / np.float32(std)
+
+    @torch.inference_mode()
+    def hidden_states(self, windows: np.ndarray) -> torch.Tensor:
+        """Normalised audio windows float32 [B, S] (S >= 400) -> hidden states [B, num_feature_frames(S), hidden]
+        on the encoder's device, in one pass (the windows of several streams batched together)."""
+        signal = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32))
+        return self.model(signal.to(self.device, self.dtype)).last_hidden_state
+
     @torch.inference_mode()
     def encode(self, audio: np.ndarray) -> torch.Tensor:
         """audio float32 [S] at 16 kHz mono -> float32 [num_feature_frames(S), hidden] on the CPU."""
@@ -43,9 +92,8 @@ class AudioEncoder:
         total = num_feature_frames(len(audio))
         if total == 0:
             raise UserError(f"audio too short: {len(audio)} samples (< {FEATURE_RECEPTIVE_FIELD} at 16 kHz)")
-        if self.normalize:  # over the whole signal, so every chunk sees the same scaling
-            audio = (audio - audio.mean()) / np.sqrt(audio.var() + 1e-7)
-        signal = torch.from_numpy(audio)
+        # over the whole signal, so every chunk sees the same scaling
+        signal = self.normalized(audio, Moments.of(audio))
         out = []
         for first in range(0, total, self.chunk_frames):
             last = min(first + self.chunk_frames, total)  # keep frames [first, last)
@@ -53,7 +101,7 @@ class AudioEncoder:
             hi = min(total, last + self.context_frames)
             # feature frame j sees samples [320 j, 320 j + 400)
             piece = signal[lo * FEATURE_HOP: (hi - 1) * FEATURE_HOP + FEATURE_RECEPTIVE_FIELD]
-            hidden = self.model(piece[None].to(self.device, self.dtype)).last_hidden_state[0]
+            hidden = self.hidden_states(piece[None])[0]
             assert hidden.shape[0] == hi - lo, (hidden.shape, hi - lo)
             out.append(hidden[first - lo: last - lo].float().cpu())
         return torch.cat(out)

@@ -81,9 +81,22 @@ def syncnet_audio_window(features: torch.Tensor, frame: int, num_video_frames: i
     return features[torch.from_numpy(idx)]
 
 
+def generator_window_end(frame: int, fps: float = VIDEO_FPS) -> int:
+    """Feature frames a stream must have before video frame `frame` can be generated (the window's end, one past
+    its last frame): 2 * frame + 6 at 25 fps, i.e. 120 ms of audio past the frame's start."""
+    return generator_window_start(frame, fps) + GENERATOR_AUDIO_FRAMES
+
+
+def generator_window_indices(frames, num_features: int, fps: float = VIDEO_FPS) -> np.ndarray:
+    """frames (iterable of video frame indices, length F) -> int64 [F, 10]: the feature frames of each generator
+    window, clamped into [0, num_features)."""
+    frames = list(frames)
+    if not frames:
+        return np.zeros((0, GENERATOR_AUDIO_FRAMES), dtype=np.int64)
+    return np.stack([clamp_window(generator_window_start(f, fps), GENERATOR_AUDIO_FRAMES, num_features)
+                     for f in frames])
+
+
 def generator_audio_windows(features: torch.Tensor, frames, fps: float = VIDEO_FPS) -> torch.Tensor:
     """features [N, D], frames (iterable of video frame indices, length F) -> [F, 10, D]."""
-    frames = list(frames)
-    idx = np.stack([clamp_window(generator_window_start(f, fps), GENERATOR_AUDIO_FRAMES, features.shape[0])
-                    for f in frames]) if frames else np.zeros((0, GENERATOR_AUDIO_FRAMES), dtype=np.int64)
-    return features[torch.from_numpy(idx)]
+    return features[torch.from_numpy(generator_window_indices(frames, features.shape[0], fps))]

@@ -56,3 +56,30 @@ def test_bench_app_runs_on_the_cpu_with_the_tiny_model(tmp_path, capsys):
     assert "start-up:" in out and "concurrent, client 2 of 2" in out and "both done after" in out
     assert [frames for _, _, frames in result["sequential"] + result["concurrent"]] == [10, 10, 10]
     assert result["startup_s"] > result["load_s"] > 0
+
+
+@pytest.fixture(scope="module")
+def bench_realtime():
+    path = Path(__file__).resolve().parents[1] / "bench" / "bench_realtime.py"
+    spec = importlib.util.spec_from_file_location("bench_realtime", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_realtime_benchmark_runs_on_the_cpu_with_the_tiny_models(bench_realtime, speech, tmp_path, capsys):
+    """One stream through the real server (a child process), then the context table, both on a short clip."""
+    from lipsync.audio import write_wav
+
+    write_wav(tmp_path / "speech.wav", speech[:16000])
+    clip = str(Path(__file__).resolve().parent / "data" / "grid_lwbsza.mpg")
+    common = ["--clip", clip, "--audio", str(tmp_path / "speech.wav"), "--work", str(tmp_path / "work"), "--tiny",
+              "--device", "cpu", "--seconds", "1.0"]
+    bench_realtime.main(common + ["--streams", "1", "--chunk_ms", "100"])
+    table = capsys.readouterr().out.split("crop px")[-1].splitlines()
+    assert len(table) == 2 and table[1].split()[:3] == ["64", "1", "100"] and "True" in table[1]
+    bench_realtime.RIGHT_CONTEXTS, bench_realtime.LEFT_CONTEXTS = (0.1, None), (1.0, None)
+    bench_realtime.main(common + ["--context_sweep"])
+    rows = capsys.readouterr().out.split("crop px")[-1].splitlines()[1:]
+    full = [row.split() for row in rows if row.split()[1:3] == ["None", "None"]]
+    assert len(rows) == 3 and float(full[0][3]) == 0.0 and float(full[0][7]) == 0.0  # full context = itself

@@ -8,7 +8,7 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.models.upsampling import Upsample2D
 
-from lipsync.audio_encoder import AudioEncoder
+from lipsync.audio_encoder import AudioEncoder, Moments
 from lipsync.checkpoint import check_unet_config
 from lipsync.codec_upsample import use_subpixel_upsampling
 from lipsync.errors import UserError
@@ -218,6 +218,23 @@ def test_audio_encoder_chunking_equals_one_pass_on_30_seconds(tiny_models):
     assert one_pass.shape == chunked.shape == (num_feature_frames(audio.size), 32)
     cos = torch.nn.functional.cosine_similarity(one_pass, chunked, dim=1)
     assert cos.min() > 0.99, cos.min()
+
+
+def test_normalisation_moments_of_pcm16_chunks_equal_the_whole_clips_exactly(speech):
+    """A stream accumulates its normalisation statistics chunk by chunk; for 16-bit PCM the float64 sums are
+    exact, so any chunking gives the whole clip's numbers bit for bit (what streaming relies on to reproduce the
+    offline encoder). The normalised signal is the Hugging Face extractor's (x - mean) / sqrt(var + 1e-7)."""
+    pcm = (np.round(speech * 32767).astype(np.int16).astype(np.float32) / 32768)[:50_000]
+    whole = Moments.of(pcm)
+    for size in (320, 641, 1600):
+        chunked = Moments()
+        for start in range(0, len(pcm), size):
+            chunked.add(pcm[start:start + size])
+        assert chunked == whole
+    mean, std = whole.mean_std()
+    assert mean == pytest.approx(float(pcm.astype(np.float64).mean()), abs=1e-12)
+    assert std == pytest.approx(float(np.sqrt(pcm.astype(np.float64).var() + 1e-7)), rel=1e-9)
+    assert whole.mean_std(min_std=1.0)[1] == 1.0  # a stream's floor for silence
 
 
 def test_audio_encoder_is_frozen_and_in_eval_mode(tiny_models):

@@ -44,3 +44,12 @@ def test_video_frames_for_audio_length():
     assert timing.num_video_frames(16000 * 3) == 75
     assert timing.num_video_frames(16000 * 3, fps=30) == 90
     assert np.array_equal(timing.clamp_window(-2, 4, 3), [0, 0, 0, 1])
+
+
+def test_a_stream_can_generate_a_frame_once_its_windows_end_has_arrived():
+    # 25 fps: frame f's window [2f - 4, 2f + 6) needs 2f + 6 feature frames: 120 ms of audio past the frame's start
+    assert [timing.generator_window_end(f) for f in (0, 1, 10)] == [6, 8, 26]
+    assert timing.generator_window_end(3, fps=30) == 11
+    # the indices a stream reads from its feature buffer are those generator_audio_windows reads
+    assert timing.generator_window_indices([0, 49], 100)[:, [0, -1]].tolist() == [[0, 5], [94, 99]]
+    assert timing.generator_window_indices([], 100).shape == (0, 10)

@@ -1,6 +1,7 @@
 """THE generation step on the device: face crops + audio windows -> generated faces, and its CUDA graph.
 
     generate_faces(models, crops, repeat, audio, reference, pad_to)   # uint8 crops in, uint8 faces out
+      = encode_faces (what does not depend on the speech) + faces_from_latents (UNet + decode)
 
 Used by lip_sync (batch after batch, eager or replayed as one CUDA graph) and by anything else that makes faces
 from crops (a streaming avatar, a server)."""
@@ -26,6 +27,35 @@ from lipsync.latent_codec import (
 from models.unet import generate
 
 
+def encode_faces(models: LipSyncModels, crops: torch.Tensor, reference: torch.Tensor | None,
+                 pad_to: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Face crops uint8 [U, S, S, 3] (on the models' device) -> (masked latents [U, C, h, w], each crop's own
+    latent [U, C, h, w] as its reference, or None when a fixed `reference` is given): what generation needs that
+    does not depend on the speech (an avatar caches it)."""
+    x = uint8_tensor_to_model(crops, models.dtype)  # [U, 3, S, S] in [-1, 1]
+    # latents leave in one layout (NCHW, as load_models lays the UNet out) whatever the codec's last kernel wrote
+    # (oneDNN writes channels_last on the CPU): the UNet picks its kernels by layout, so latents from here and
+    # latents read back from an avatar's cache give the same faces
+    if reference is not None:
+        return padded_call(models.codec.encode, pad_to, mask_lower_half(x)).contiguous(), None
+    # each frame's own face: one codec call for masked + reference, in calls of pad_to rows like every other codec
+    # call (one compiled shape; half the activations and attention scores of one 2 x pad_to call)
+    masked, own = padded_call(models.codec.encode, pad_to, torch.cat([mask_lower_half(x), x])).chunk(2)
+    return masked.contiguous(), own.contiguous()
+
+
+def faces_from_latents(models: LipSyncModels, masked: torch.Tensor, references: torch.Tensor, audio: torch.Tensor,
+                       pad_to: int | None, stage=None) -> torch.Tensor:
+    """Masked latents [F, C, h, w] + reference latents [F, C, h, w] + audio windows [F, 10, D] -> UNet -> decoded
+    faces uint8 [F, S, S, 3], on the models' device."""
+    stage = stage or (lambda name: contextlib.nullcontext())
+    with stage("unet"):
+        latents = padded_call(lambda *t: generate(models.unet, *t), pad_to, masked, references, audio)
+    with stage("vae_decode"):
+        images = padded_call(models.codec.decode, pad_to, latents)  # [F, 3, S, S] in about [-1, 1]
+        return model_to_uint8_tensor(images)
+
+
 def generate_faces(models: LipSyncModels, crops: torch.Tensor, repeat: torch.Tensor, audio: torch.Tensor,
                    reference: torch.Tensor | None, pad_to: int | None, stage=None) -> torch.Tensor:
     """Distinct face crops uint8 [U, S, S, 3] -> masked (+ own reference) latents, repeated to the F output rows
@@ -37,21 +67,10 @@ def generate_faces(models: LipSyncModels, crops: torch.Tensor, repeat: torch.Ten
     """
     stage = stage or (lambda name: contextlib.nullcontext())
     with stage("vae_encode"):
-        x = uint8_tensor_to_model(crops, models.dtype)  # [U, 3, S, S] in [-1, 1]
-        if reference is None:  # each frame's own face: one codec call for masked + reference
-            # in calls of pad_to rows, like every other codec call (one compiled shape; half the activations
-            # and attention scores of one 2 x pad_to call)
-            masked, own = padded_call(models.codec.encode, pad_to,
-                                      torch.cat([mask_lower_half(x), x])).chunk(2)  # [U, C, h, w] each
-            masked, references = masked[repeat], own[repeat]  # [F, C, h, w]
-        else:
-            masked = padded_call(models.codec.encode, pad_to, mask_lower_half(x))[repeat]  # [F, C, h, w]
-            references = reference.expand(len(repeat), -1, -1, -1)
-    with stage("unet"):
-        latents = padded_call(lambda *t: generate(models.unet, *t), pad_to, masked, references, audio)
-    with stage("vae_decode"):
-        images = padded_call(models.codec.decode, pad_to, latents)  # [F, 3, S, S] in about [-1, 1]
-        return model_to_uint8_tensor(images)
+        masked, own = encode_faces(models, crops, reference, pad_to)
+        masked = masked[repeat]  # [F, C, h, w]
+        references = own[repeat] if own is not None else reference.expand(len(repeat), -1, -1, -1)
+    return faces_from_latents(models, masked, references, audio, pad_to, stage)
 
 
 def reference_latent(models: LipSyncModels, frame: np.ndarray, box: np.ndarray, pad_to: int | None) -> torch.Tensor:
@@ -59,6 +78,24 @@ def reference_latent(models: LipSyncModels, frame: np.ndarray, box: np.ndarray, 
     fixed reference for every generated frame (--ref_frame), encoded once (padded to `pad_to` rows)."""
     crop = crop_faces([frame], box[None], models.image_size)  # [1, S, S, 3]
     return padded_call(models.codec.encode, pad_to, uint8_to_model(crop, models.device, models.dtype))
+
+
+def _record(device: torch.device, run) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    """run() recorded as one CUDA graph, after one warm-up call (cuDNN autotuning, compilation) off the capture
+    stream -> (graph, the output tensor every replay rewrites)."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        run()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            output = run()
+    except RuntimeError as err:
+        raise UserError(f"recording the generation step as a CUDA graph failed ({str(err).splitlines()[0]}); "
+                        f"run with --no_cuda_graph") from None
+    return graph, output
 
 
 class GraphedGeneration:
@@ -78,21 +115,9 @@ class GraphedGeneration:
         self.reference = torch.zeros(1, models.codec.latent_channels, latent, latent, dtype=models.dtype,
                                      device=device) if fixed_reference else None
 
-        def run():
-            return generate_faces(models, self.crops, self.repeat, self.audio, self.reference, None)
-
-        side = torch.cuda.Stream(device)  # one warm-up call (cuDNN autotuning, compilation) off the capture stream
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            run()
-        torch.cuda.current_stream(device).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        try:
-            with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
-                self.faces = run()  # [batch_size, S, S, 3] uint8, rewritten by every replay
-        except RuntimeError as err:
-            raise UserError(f"recording the generation step as a CUDA graph failed ({str(err).splitlines()[0]}); "
-                            f"run with --no_cuda_graph") from None
+        # faces: [batch_size, S, S, 3] uint8, rewritten by every replay
+        self.graph, self.faces = _record(device, lambda: generate_faces(models, self.crops, self.repeat, self.audio,
+                                                                        self.reference, None))
 
     _recording = threading.Lock()  # one recording at a time, whichever models
 
@@ -119,3 +144,42 @@ class GraphedGeneration:
             self.audio[:num].copy_(audio)
             self.graph.replay()
             return self.faces[:num].cpu().numpy()
+
+
+class GraphedLatentGeneration:
+    """faces_from_latents for batches of exactly `batch_size` rows as ONE CUDA graph (UNet + decode): the step of
+    a streaming avatar, whose masked and reference latents were encoded once when it was prepared. Inputs are
+    fixed device buffers that the caller fills (rows past its own are computed and ignored); recorded once per
+    (models, batch size, audio dim) and kept on the models. Callers hold `lock` from filling to reading."""
+
+    def __init__(self, models: LipSyncModels, batch_size: int, audio_dim: int):
+        size, device = models.image_size, models.device
+        latent = models.codec.latent_size(size)
+        shape = (batch_size, models.codec.latent_channels, latent, latent)
+        self.lock = threading.Lock()
+        self.masked = torch.zeros(shape, dtype=models.dtype, device=device)
+        self.references = torch.zeros(shape, dtype=models.dtype, device=device)
+        self.audio = torch.zeros(batch_size, timing.GENERATOR_AUDIO_FRAMES, audio_dim, device=device)
+        # faces: [batch_size, S, S, 3] uint8, rewritten by every replay
+        self.graph, self.faces = _record(device, lambda: faces_from_latents(models, self.masked, self.references,
+                                                                            self.audio, None))
+
+    @classmethod
+    def for_models(cls, models: LipSyncModels, batch_size: int, audio_dim: int) -> "GraphedLatentGeneration":
+        """The models' graph for this batch size, recorded on first use."""
+        key = ("latents", batch_size, audio_dim)
+        with GraphedGeneration._recording:
+            if key not in models.graphs:
+                models.graphs[key] = cls(models, batch_size, audio_dim)
+        return models.graphs[key]
+
+    def __call__(self, masked: torch.Tensor, references: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        """masked, references [F, C, h, w], audio [F, 10, D] (F <= batch_size) -> faces uint8 [F, S, S, 3], a
+        copy on the models' device."""
+        num = len(masked)
+        with self.lock:
+            self.masked[:num].copy_(masked)
+            self.references[:num].copy_(references)
+            self.audio[:num].copy_(audio)
+            self.graph.replay()
+            return self.faces[:num].clone()

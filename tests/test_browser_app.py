@@ -8,14 +8,14 @@ the repository); the test prints where.
 """
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import time
 from pathlib import Path
 
 import pytest
-from app_server import ROOT, AppServer
+from app_server import AppServer
+from browser import artifacts, chromium
 
 import media
 from lipsync.audio import load_audio, write_wav
@@ -23,7 +23,6 @@ from lipsync.video_io import iter_frames
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 STEPS = ("encoding the speech", "finding the face", "lip-syncing", "writing the video")
 
 
@@ -51,19 +50,7 @@ def files(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    for path in (CHROMIUM, CHROMEDRIVER):
-        assert Path(path).is_file(), f"{path} is missing: `make test-browser` installs Debian's chromium-driver"
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1400,1000",
-                 f"--user-data-dir={tmp_path_factory.mktemp('chromium_profile')}",
-                 "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"):  # a microphone that beeps
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver = chromium(tmp_path_factory.mktemp("chromium_profile"))  # the microphone beeps
     yield driver
     driver.quit()
 
@@ -141,10 +128,6 @@ class Page:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.driver.save_screenshot(str(path))
         self.driver.set_window_size(1400, 1000)
-
-
-def artifacts() -> Path:
-    return Path(os.environ.get("ARTIFACTS_DIR") or ROOT / "test-artifacts") / "browser"
 
 
 def test_upload_run_watch_progress_and_play_the_result(server, browser, files):
