@@ -49,3 +49,11 @@ def tiny_models(tmp_path_factory):
         "unet": str(model_zoo.save_unet(root / "unet", model_zoo.tiny_unet_config(), with_weights=False)),
         "root": root,
     }
+
+
+@pytest.fixture(scope="session")
+def trained_expert(tmp_path_factory):
+    """A latent SyncNet expert trained in this session on synthetic talking faces (tests/eval_media.py)."""
+    from eval_media import train_expert
+
+    return train_expert(tmp_path_factory.mktemp("expert"))
