@@ -32,7 +32,7 @@ def ssim_psnr(generated: np.ndarray, reference: np.ndarray, batch_size: int = 64
     rows, cols = mouth_slice(generated.shape[1])
     sums = {"ssim_face": 0.0, "psnr_face": 0.0, "ssim_mouth": 0.0, "psnr_mouth": 0.0}
     for i in range(0, len(generated), batch_size):
-        pair = [torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size])).to(device).permute(0, 3, 1, 2).double()
+        pair = [torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size])).to(device).permute(0, 3, 1, 2).float()
                 for x in (generated, reference)]
         for region, (fake, real) in (("face", pair), ("mouth", [x[:, :, rows, cols] for x in pair])):
             ssim = structural_similarity_index_measure(fake, real, data_range=255.0, reduction="none")
