@@ -87,7 +87,9 @@ def main(argv=None) -> dict:
         videos = runner.list_videos(args.videos, args.video_root)
         cross = args.protocol == "cross"
         drivers = runner.cross_pairs(list(videos), args.pairs, args.seed) if cross else {n: n for n in videos}
-        jobs = {name: (videos[name], videos[drivers[name]]) for name in drivers}
+        # cross: named video__speech, so another pairing never reuses an output
+        jobs = {(f"{name}__{drivers[name]}" if cross else name): (videos[name], videos[drivers[name]])
+                for name in drivers}
         generated = runner.generate(args.checkpoint_path, jobs, out / "generated" / args.protocol,
                                     device=args.device, progress=progress)
         systems = {(args.names or ["ours"])[0]: generated}

@@ -103,14 +103,18 @@ def test_a_rerun_is_served_from_the_cache(reconstruction):
     assert {p: p.stat().st_mtime_ns for p in cached} == cached  # nothing recomputed
 
 
-def test_cross_protocol_scores_sync_only(generator, test_videos, weights_dir, tmp_path):
-    results = evaluate.main([str(a) for a in ["--checkpoint_path", generator, "--videos", test_videos,
-                                              "--weights_dir", weights_dir, "--output_dir", tmp_path,
-                                              "--protocol", "cross", "--seed", 3, *FAST]])
+def test_cross_protocol_scores_sync_only(generator, test_videos, weights_dir, tmp_path, capsys):
+    args = ["--videos", test_videos, "--weights_dir", weights_dir, "--output_dir", tmp_path, "--protocol", "cross",
+            "--seed", 3, *FAST]
+    results = evaluate.main([str(a) for a in ["--checkpoint_path", generator, *args]])
     rows = results["systems"]["ours"]["videos"]
-    assert sorted(rows) == ["person31", "person32"]
+    assert sorted(rows) == ["person31__person32", "person32__person31"]  # video__driving speech
     assert all("lse_c" in row and "ssim_face" not in row and "csim" not in row for row in rows.values())
     assert "fid_face" not in results["systems"]["ours"]
+    other = tmp_path / "other.ckpt"
+    shutil.copy(generator, other)
+    line = _error(["--checkpoint_path", other, *args], capsys)  # kept outputs are another checkpoint's
+    assert "holds outputs of another checkpoint" in line
 
 
 def test_generated_folders_of_two_systems_side_by_side(reconstruction, test_videos, weights_dir, tmp_path, capsys):

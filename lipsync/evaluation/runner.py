@@ -128,6 +128,7 @@ def generate(checkpoint, jobs: dict[str, tuple[Path, Path]], out_dir, device: st
     from lipsync.inference import lip_sync, load_models
 
     out_dir = Path(out_dir)
+    _check_same_checkpoint(checkpoint, out_dir)
     outputs = {name: out_dir / f"{name}.mp4" for name in jobs}
     todo = [name for name in jobs if not outputs[name].is_file()]
     if todo:
@@ -136,6 +137,21 @@ def generate(checkpoint, jobs: dict[str, tuple[Path, Path]], out_dir, device: st
             face, audio = jobs[name]
             lip_sync(models, face, audio, outputs[name], progress=False, **lip_sync_options)
     return outputs
+
+
+def _check_same_checkpoint(checkpoint, out_dir: Path) -> None:
+    """Outputs kept for resuming must come from the same checkpoint: out_dir/checkpoint.json records it."""
+    path = Path(checkpoint)
+    record = {"checkpoint": str(path.resolve()), "mtime_ns": path.stat().st_mtime_ns if path.exists() else None}
+    marker = out_dir / "checkpoint.json"
+    if marker.is_file():
+        if json.loads(marker.read_text()) != record:
+            raise UserError(f"{out_dir} holds outputs of another checkpoint ({marker}): choose a new --output_dir or "
+                            f"delete that folder")
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(marker) as tmp:
+        tmp.write_text(json.dumps(record) + "\n")
 
 
 # ------------------------------------------------------------------------------------------------ models
