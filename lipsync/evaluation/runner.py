@@ -207,10 +207,11 @@ class Scorers:
         if references and "csim" in metrics:
             from lipsync.evaluation.identity import load_arcface
 
-            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else None
+            import onnxruntime as ort
+
             scorers.arcface = load_arcface(options.weights_dir, options.weights_check)
-            if providers:
-                scorers.arcface.session.set_providers(providers)
+            if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+                scorers.arcface.session.set_providers(["CUDAExecutionProvider", "CPUExecutionProvider"])
         return scorers
 
 
