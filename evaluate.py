@@ -45,6 +45,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="sha256: the published files only; architecture: any file that loads into the network")
     p.add_argument("--metrics", nargs="+", choices=runner.METRICS,
                    help="default: lse fid quality csim (+ expert with --expert); cross: lse (+ expert)")
+    p.add_argument("--pads", type=int, nargs=4, default=(0, 10, 0, 0), metavar=("T", "B", "L", "R"),
+                   help="--checkpoint_path: the crop pads lip_sync uses (the recipe the generator was trained with)")
     p.add_argument("--expert", help="a latent SyncNet checkpoint of this project: its offset / confidence / distance")
     p.add_argument("--expert_pads", type=int, nargs=4, default=(0, 10, 0, 0), metavar=("T", "B", "L", "R"),
                    help="the crop pads the expert's data was preprocessed with")
@@ -91,7 +93,7 @@ def main(argv=None) -> dict:
         jobs = {(f"{name}__{drivers[name]}" if cross else name): (videos[name], videos[drivers[name]])
                 for name in drivers}
         generated = runner.generate(args.checkpoint_path, jobs, out / "generated" / args.protocol,
-                                    device=args.device, progress=progress)
+                                    device=args.device, progress=progress, pads=tuple(args.pads))
         systems = {(args.names or ["ours"])[0]: generated}
         references = None if cross else {name: videos[name] for name in generated}
     else:

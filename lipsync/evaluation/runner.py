@@ -128,7 +128,7 @@ def generate(checkpoint, jobs: dict[str, tuple[Path, Path]], out_dir, device: st
     from lipsync.inference import lip_sync, load_models
 
     out_dir = Path(out_dir)
-    _check_same_checkpoint(checkpoint, out_dir)
+    _check_same_checkpoint(checkpoint, out_dir, lip_sync_options)
     outputs = {name: out_dir / f"{name}.mp4" for name in jobs}
     todo = [name for name in jobs if not outputs[name].is_file()]
     if todo:
@@ -139,15 +139,17 @@ def generate(checkpoint, jobs: dict[str, tuple[Path, Path]], out_dir, device: st
     return outputs
 
 
-def _check_same_checkpoint(checkpoint, out_dir: Path) -> None:
-    """Outputs kept for resuming must come from the same checkpoint: out_dir/checkpoint.json records it."""
+def _check_same_checkpoint(checkpoint, out_dir: Path, lip_sync_options: dict) -> None:
+    """Outputs kept for resuming must come from the same checkpoint and lip_sync options: out_dir/checkpoint.json
+    records them."""
     path = Path(checkpoint)
-    record = {"checkpoint": str(path.resolve()), "mtime_ns": path.stat().st_mtime_ns if path.exists() else None}
+    record = {"checkpoint": str(path.resolve()), "mtime_ns": path.stat().st_mtime_ns if path.exists() else None,
+              "options": {k: repr(v) for k, v in sorted(lip_sync_options.items())}}
     marker = out_dir / "checkpoint.json"
     if marker.is_file():
         if json.loads(marker.read_text()) != record:
-            raise UserError(f"{out_dir} holds outputs of another checkpoint ({marker}): choose a new --output_dir or "
-                            f"delete that folder")
+            raise UserError(f"{out_dir} holds outputs of another checkpoint or other lip-sync options ({marker}): "
+                            f"choose a new --output_dir or delete that folder")
         return
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(marker) as tmp:
