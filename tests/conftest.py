@@ -64,3 +64,11 @@ def generator_checkpoint(tiny_models):
     path = tiny_models["root"] / "generator.ckpt"
     torch.save({"state_dict": state, "epoch": 0}, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def trained_expert(tmp_path_factory):
+    """A latent SyncNet expert trained in this session on synthetic talking faces (tests/eval_media.py)."""
+    from eval_media import train_expert
+
+    return train_expert(tmp_path_factory.mktemp("expert"))
