@@ -14,10 +14,14 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+from pytorch_lightning.strategies import DeepSpeedStrategy
 
 from lipsync.checkpoint import decode_model_card, read_checkpoint
 from lipsync.data.module import LatentDataModule
 from lipsync.errors import UserError
+from lipsync.files import atomic_path, recover
+from lipsync.training.optim import COSINE_NEEDS_FINITE_RUN
 from lipsync.training.progress import progress_bar
 from lipsync.training.zero import CPUDeepSpeedStrategy, ZeroStage2Strategy
 
@@ -70,6 +74,8 @@ def resolve_args(args) -> None:
         # Lightning's single-device strategy: DDP with one process would only copy every gradient into its
         # all-reduce buckets (BENCHMARKS.md, demo)
         args.strategy = "auto"
+    if args.lr_schedule == "cosine" and args.max_steps == -1 and args.max_epochs == -1:
+        raise UserError(COSINE_NEEDS_FINITE_RUN)
     if args.wandb:
         try:
             import wandb  # noqa: F401
@@ -90,9 +96,7 @@ def _strategy(args):
         return args.strategy
     if torch.cuda.is_available():
         return ZeroStage2Strategy()
-    if args.devices not in ("auto", 1) or args.num_nodes != 1:
-        raise UserError("DeepSpeed on a CPU-only machine runs one process: use --devices 1 --num_nodes 1")
-    return CPUDeepSpeedStrategy()
+    return CPUDeepSpeedStrategy(processes=1 if args.devices in ("auto", -1) else args.devices)
 
 
 def run_dir(trainer: pl.Trainer) -> Path:
@@ -114,6 +118,18 @@ class RunOptions(Callback):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
         checkpoint["options"] = self.options
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoint files written under a temp name and renamed (lipsync.files.atomic_path): a run killed while it
+    writes last.ckpt leaves the previous one. (Lightning's own write goes through a temp file in the system's
+    temp folder, moved over the checkpoint: a copy, not a rename, where that is another file system.) DeepSpeed's
+    checkpoint folders: ZeroStage2Strategy.save_checkpoint."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
 
 
 class LastCheckpointAtEnd(Callback):
@@ -143,8 +159,10 @@ def make_trainer(args, experiment_name: str, monitor: str, filename: str, mode: 
     checkpoints = ModelCheckpoint(monitor=monitor, mode=mode, save_top_k=args.save_top_k, save_last=True,
                                   filename=filename, auto_insert_metric_name=False)
     step_interval = isinstance(args.val_check_interval, int)
+    strategy = _strategy(args)
     return pl.Trainer(
-        accelerator="auto", devices=args.devices, num_nodes=args.num_nodes, strategy=_strategy(args),
+        accelerator="auto", devices=args.devices, num_nodes=args.num_nodes, strategy=strategy,
+        plugins=[] if isinstance(strategy, DeepSpeedStrategy) else [AtomicCheckpointIO()],
         precision=args.precision, max_steps=args.max_steps, max_epochs=args.max_epochs,
         val_check_interval=args.val_check_interval,
         check_val_every_n_epoch=None if step_interval else 1,  # int intervals count batches across epochs
@@ -156,7 +174,7 @@ def make_trainer(args, experiment_name: str, monitor: str, filename: str, mode: 
 
 def check_resume(path, module: pl.LightningModule) -> None:
     """--ckpt must exist and hold the same model (same model card) as the one this run builds."""
-    path = Path(path)
+    path = recover(path)  # a checkpoint folder whose replacement was cut short between its two renames
     if not path.exists():
         raise UserError(f"--ckpt {path} not found")
     states = path / "checkpoint" / "mp_rank_00_model_states.pt"  # ZeRO folder: read the card, skip the merge
