@@ -38,8 +38,8 @@ from lipsync.inference.generation import GraphedGeneration, generate_faces, refe
 from lipsync.inference.models import LipSyncModels, load_models
 from lipsync.inference.options import DEFAULT_OUTFILE, STAGES, LipSyncOptions, check_options
 from lipsync.stopwatch import Stopwatch
-from lipsync.video_io import (count_frames, is_image_path, iter_frames, iter_frames_by_index, pingpong_indices,
-                              probe_video, read_image)
+from lipsync.video_io import (check_output_video, count_frames, is_image_path, iter_frames, iter_frames_by_index,
+                              pingpong_indices, probe_video, read_image)
 from lipsync.video_workers import VideoWriterProcess, iter_frames_by_index_in_process, start_worker, stop_worker
 
 
@@ -226,6 +226,7 @@ def lip_sync(checkpoint, face, audio, outfile=DEFAULT_OUTFILE, **options) -> dic
     """
     opts = LipSyncOptions(**options)
     check_options(opts)
+    check_output_video(outfile)  # before any work: the writer process would report it at the first frame
     steps = Stopwatch()  # laps: the wall seconds of each step, in order (what a short clip's time goes to)
 
     source = open_face(face, opts.static, opts.fps, opts.resize_factor)
