@@ -298,3 +298,51 @@ def test_unusable_output_root_and_missing_encoder_folder_fail_at_once_in_one_lin
         code, stdout, stderr, root = command_lines[case]
         assert code == 1 and stdout == "", (case, stdout)
         assert stderr.strip().splitlines() == [message.format(root=root)], (case, stderr)
+
+
+KILLED_WHILE_WRITING = """
+import os, signal, sys
+from lipsync.data import folder
+from lipsync.files import temp_path
+import video_preprocess
+
+def killed_while_writing_the_audio(path, samples, *args, **kwargs):  # latents.safetensors is written by now
+    temp_path(path).write_bytes(b"RIFF" + bytes(100))  # part of audio.wav, under its temp name
+    os.kill(os.getpid(), signal.SIGKILL)
+
+folder.write_wav = killed_while_writing_the_audio
+video_preprocess.main(sys.argv[1:])
+"""
+
+
+def test_a_kill_while_a_folder_is_written_leaves_nothing_later_steps_read(tiny_models, clips, tmp_path, monkeypatch):
+    """video_preprocess.py killed (SIGKILL) between the files of a dataset folder: no later step lists it (the
+    audio stage, make_filelists, a filelist naming it), and a rerun completes it."""
+    from lipsync.data import filelists
+    from lipsync.data.folder import find_video_folders
+    from lipsync.errors import UserError
+    from lipsync.preprocess.audio import encode_dataset_audio
+
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    raw.mkdir()
+    (raw / "clip.mpg").symlink_to(clips["grid"].path)
+    args = video_args(raw, out, tiny_models, "--box", 60, 200, 120, 240)
+    killed = subprocess.run([sys.executable, "-c", KILLED_WHILE_WRITING, *map(str, args)], cwd=ROOT,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert sorted(p.name for p in (out / "clip").iterdir()) == [".audio.tmp.wav", "latents.safetensors"]
+
+    assert find_video_folders(out) == []
+    with pytest.raises(UserError, match="no finished dataset folders"):
+        encode_dataset_audio(out, tiny_models["wav2vec2"])
+    with pytest.raises(UserError, match="no finished video folder"):
+        filelists.make_filelists(out, tmp_path / "filelists_x")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "filelists_x").mkdir()
+    (tmp_path / "filelists_x" / "train.txt").write_text("clip\n")
+    with pytest.warns(UserWarning, match="not finished"), pytest.raises(UserError, match="lists no video folder"):
+        filelists.read_filelist("x", "train", out)
+
+    assert run(video_preprocess, args).startswith("1 done, 0 skipped, 0 failed")
+    assert sorted(p.name for p in (out / "clip").iterdir()) == ["audio.wav", "latents.safetensors", "meta.json"]
+    assert find_video_folders(out) == ["clip"]
