@@ -26,8 +26,9 @@ REPO = Path(__file__).resolve().parents[1]
 FRAMES, C, SIZE, DIM = 40, 4, 16, 32
 
 
-def write_latent_dataset(root: Path, vae: str) -> Path:
-    """root/data/spk{0..3}/clip and root/filelists_lrs2/{train,val}.txt; returns root."""
+def write_latent_dataset(root: Path, vae: str, audio_encoder: str = "tiny/wav2vec2") -> Path:
+    """root/data/spk{0..3}/clip and root/filelists_lrs2/{train,val}.txt; returns root. `audio_encoder`: the id
+    the features claim to come from (a real folder when a test loads the trained generator for inference)."""
     gen = torch.Generator().manual_seed(0)
     names = [f"spk{i}/clip" for i in range(4)]
     for name in names:
@@ -36,18 +37,18 @@ def write_latent_dataset(root: Path, vae: str) -> Path:
         masked[..., SIZE // 2:, :] = 0
         write_video_folder(root / "data" / name, full, masked, np.arange(FRAMES),
                            {"image_size": 4 * SIZE, "codec": vae},
-                           features=torch.randn(2 * FRAMES - 1, DIM, generator=gen), model_id="tiny/wav2vec2")
+                           features=torch.randn(2 * FRAMES - 1, DIM, generator=gen), model_id=audio_encoder)
     (root / "filelists_lrs2").mkdir(exist_ok=True)
     (root / "filelists_lrs2" / "train.txt").write_text("\n".join(names[:3]) + "\n")
     (root / "filelists_lrs2" / "val.txt").write_text(names[3] + "\n")
     return root
 
 
-def save_expert(path: Path, vae: str) -> Path:
+def save_expert(path: Path, vae: str, audio_encoder: str = "tiny/wav2vec2") -> Path:
     """An untrained SyncNet expert for the tiny dataset, as a safetensors state dict with its model card (the
     generator script takes any checkpoint kind; training one would cost the suite seconds)."""
     config = SyncNetConfig(variant="u", T=5, latent_channels=C, audio_dim=DIM, audio_frames=syncnet_window_length(5))
-    card = {"kind": "syncnet", "syncnet": config.to_dict(), "audio_encoder": "tiny/wav2vec2",
+    card = {"kind": "syncnet", "syncnet": config.to_dict(), "audio_encoder": audio_encoder,
             "audio_hidden_size": DIM, "codec": vae, "image_size": 4 * SIZE, "latent_size": SIZE}
     torch.manual_seed(0)
     module = SyncNetModule(config, card, OptimConfig(lr=1e-3, weight_decay=0.0, warmup_steps=0, schedule="constant"))
@@ -113,6 +114,13 @@ def run_script(script: str, argv: list[str], cwd: Path, kill_at_step: int | None
     """)
     return subprocess.run([sys.executable, "-c", driver, *argv], cwd=cwd, env=script_env(), capture_output=True,
                           text=True, timeout=timeout)
+
+
+def start_script(script: str, argv: list[str], cwd: Path) -> subprocess.Popen:
+    """Start `python <script>.py argv` as a user would (Lightning's launcher starts the other processes of a
+    multi-process run by running that same command line again)."""
+    return subprocess.Popen([sys.executable, str(REPO / f"{script}.py"), *argv], cwd=cwd, env=script_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 # set by Lightning in this process once a test trained in it: a child must pick its own (the port is taken)
