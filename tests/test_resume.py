@@ -56,8 +56,9 @@ def weights(trainer):
 
 
 SCRIPTS = {
-    # generator: DeepSpeed ZeRO-2 (the default strategy; checkpoints are folders), --max_steps 7
-    "generator": (unet_wav2lip_lightning, ["--max_steps", "7", "--syncnet", "expert.safetensors",
+    # generator: DeepSpeed ZeRO-2 (the default strategy; checkpoints are folders), --max_steps 7, no top-k
+    # checkpoints (last.ckpt is written at every validation all the same)
+    "generator": (unet_wav2lip_lightning, ["--max_steps", "7", "--save_top_k", "0", "--syncnet", "expert.safetensors",
                                            "--unet_ckpt", "unet"]),
     # SyncNet: Lightning's single-device strategy (its default "ddp" on one device; checkpoints are files), loading
     # in the main process, --max_epochs 2 (8 steps: Lightning then reads the loader's length before the resumed
@@ -69,8 +70,8 @@ SCRIPTS = {
 @pytest.mark.parametrize("name", ["generator", "syncnet"])
 def test_killed_run_resumes_to_the_uninterrupted_weights_and_a_torn_checkpoint_is_never_read(workdir, monkeypatch,
                                                                                                name):
-    """4 batches per epoch, checkpoints (top-k, then last.ckpt) at steps 3 and 6. The killed run writes half of a
-    file of its step-6 last.ckpt and dies (SIGKILL, in epoch 1). last.ckpt is still the whole step-3 one
+    """4 batches per epoch, checkpoints (last.ckpt, then top-k ones) at steps 3 and 6. The killed run writes half
+    of a file of its step-6 last.ckpt and dies (SIGKILL, in epoch 1). last.ckpt is still the whole step-3 one
     (mid-epoch 0); resumed from it, the run goes through the epoch boundary and a validation, and every step's
     losses and the final weights equal the uninterrupted run's exactly (CPU, fp32)."""
     script, extra = SCRIPTS[name]
@@ -79,9 +80,9 @@ def test_killed_run_resumes_to_the_uninterrupted_weights_and_a_torn_checkpoint_i
     uninterrupted, losses = train(script, args, monkeypatch, workdir)
     assert sorted(losses) == list(range(1, 9 if name == "syncnet" else 8))
 
-    # checkpoint files written: ZeRO 2 per checkpoint (model states, then this process's optimizer shard),
-    # Lightning 1; the step-6 last.ckpt's first is the 7th / 4th
-    killed = run_script(script.__name__, args, workdir, kill_in_save=7 if name == "generator" else 4)
+    # checkpoint files written: the generator's step-3 last.ckpt (ZeRO: model states, then this process's
+    # optimizer shard), SyncNet's step-3 last.ckpt and top-k file; the 3rd is the step-6 last.ckpt's first
+    killed = run_script(script.__name__, args, workdir, kill_in_save=3)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     last = out / name / "version_1" / "checkpoints" / "last.ckpt"
     assert temp_path(last).exists() and not old_path(last).exists()  # the torn write went to the temp name

@@ -49,7 +49,8 @@ def add_trainer_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--ckpt", default=None,
                    help="resume (mid-epoch too): a .ckpt file or a DeepSpeed checkpoint folder, from any number of "
                         "processes")
-    g.add_argument("--save_top_k", type=int, default=3)
+    g.add_argument("--save_top_k", type=int, default=3,
+                   help="checkpoints kept by the validation metric (last.ckpt is written at every validation)")
     g.add_argument("--log_every_n_steps", type=int, default=50)
     g.add_argument("--wandb", action="store_true", help="also log to Weights & Biases")
 

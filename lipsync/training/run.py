@@ -132,21 +132,28 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, tmp)
 
 
-class LastCheckpointAtEnd(Callback):
-    """last.ckpt always holds the final state: Lightning skips its end-of-fit save of last.ckpt once one was
-    written during the fit, so a run ending between validations would keep a stale one."""
+class LastCheckpoint(Callback):
+    """checkpoints/last.ckpt: the state at every validation and at the end of training, what --ckpt resumes from.
+    Lightning's own save_last (2.6) writes last.ckpt only at a validation that also wrote a top-k checkpoint: once
+    the metric stops improving, last.ckpt would stay at the last improvement, and a killed run would resume
+    from there."""
 
     def __init__(self, checkpoints: ModelCheckpoint):
-        self.checkpoints = checkpoints
-        self.saved_step: int | None = None  # global step of the last checkpoint written, whichever file
+        self.checkpoints = checkpoints  # whose folder (resolved by Lightning at setup) last.ckpt goes to
+        self.saved_step: int | None = None
 
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
-        self.saved_step = trainer.global_step
+    def on_validation_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self.save(trainer)
 
     def on_train_end(self, trainer, pl_module):
+        self.save(trainer)
+
+    def save(self, trainer) -> None:
         if self.saved_step != trainer.global_step:
             name = ModelCheckpoint.CHECKPOINT_NAME_LAST + ModelCheckpoint.FILE_EXTENSION
             trainer.save_checkpoint(Path(self.checkpoints.dirpath) / name)
+            self.saved_step = trainer.global_step
 
 
 def make_trainer(args, experiment_name: str, monitor: str, filename: str, mode: str = "min") -> pl.Trainer:
@@ -156,8 +163,8 @@ def make_trainer(args, experiment_name: str, monitor: str, filename: str, mode: 
     if args.wandb:
         from pytorch_lightning.loggers import WandbLogger
         loggers.append(WandbLogger(project=experiment_name, save_dir=args.output_dir))
-    checkpoints = ModelCheckpoint(monitor=monitor, mode=mode, save_top_k=args.save_top_k, save_last=True,
-                                  filename=filename, auto_insert_metric_name=False)
+    checkpoints = ModelCheckpoint(monitor=monitor, mode=mode, save_top_k=args.save_top_k, filename=filename,
+                                  auto_insert_metric_name=False)
     step_interval = isinstance(args.val_check_interval, int)
     strategy = _strategy(args)
     return pl.Trainer(
@@ -168,7 +175,7 @@ def make_trainer(args, experiment_name: str, monitor: str, filename: str, mode: 
         check_val_every_n_epoch=None if step_interval else 1,  # int intervals count batches across epochs
         accumulate_grad_batches=args.accumulate_grad_batches, gradient_clip_val=args.gradient_clip_val,
         log_every_n_steps=args.log_every_n_steps, logger=loggers,
-        callbacks=[checkpoints, LastCheckpointAtEnd(checkpoints), LearningRateMonitor(logging_interval="step"),
+        callbacks=[checkpoints, LastCheckpoint(checkpoints), LearningRateMonitor(logging_interval="step"),
                    RunOptions(vars(args)), progress_bar()])
 
 
