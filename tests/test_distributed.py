@@ -23,15 +23,28 @@ GENERATOR = ["--syncnet", "expert.safetensors", "--unet_ckpt", "unet"]
 
 @pytest.fixture(scope="module")
 def two_process_runs(tmp_path_factory, tiny_models):
-    """3 steps of each script with --devices 2, started together: (workdir, {script: (returncode, stderr)})."""
+    """3 steps of each script with --devices 2, started together: (workdir, {script: (returncode, stderr)}).
+    Their C++ extensions go to a folder of their own (see the test of DeepSpeed's shared-memory op)."""
     root = write_latent_dataset(tmp_path_factory.mktemp("distributed"), tiny_models["vae"], tiny_models["wav2vec2"])
     save_expert(root / "expert.safetensors", tiny_models["vae"], tiny_models["wav2vec2"])
     (root / "unet").symlink_to(tiny_models["unet"])
+    extensions = {"TORCH_EXTENSIONS_DIR": str(root / "torch_extensions")}
     procs = {"generator": start_script("unet_wav2lip_lightning", [*train_argv(root, 3, "--devices", "2"), *GENERATOR],
-                                       root),
-             "syncnet": start_script("unet_syncnet_lightning", train_argv(root, 3, "--devices", "2"), root)}
+                                       root, **extensions),
+             "syncnet": start_script("unet_syncnet_lightning", train_argv(root, 3, "--devices", "2"), root,
+                                     **extensions)}
     done = {name: proc.communicate(timeout=600) for name, proc in procs.items()}
     return root, {name: (proc.returncode, done[name][1]) for name, proc in procs.items()}
+
+
+def test_no_process_builds_deepspeeds_shared_memory_op(two_process_runs):
+    """DeepSpeed's CPU backend JIT-compiles a shared-memory collective (tens of seconds of C++; minutes on a
+    loaded 2-core machine) that only DeepSpeed-inference uses: CPUDeepSpeedStrategy skips it, with 2 processes
+    too (their all-reduces go through gloo)."""
+    root, runs = two_process_runs
+    assert runs["generator"][0] == 0
+    folder = root / "torch_extensions"
+    assert not folder.exists() or not any(folder.rglob("*.so"))
 
 
 def last_ckpt(root, experiment, version):

@@ -116,10 +116,10 @@ def run_script(script: str, argv: list[str], cwd: Path, kill_at_step: int | None
                           text=True, timeout=timeout)
 
 
-def start_script(script: str, argv: list[str], cwd: Path) -> subprocess.Popen:
+def start_script(script: str, argv: list[str], cwd: Path, **env: str) -> subprocess.Popen:
     """Start `python <script>.py argv` as a user would (Lightning's launcher starts the other processes of a
-    multi-process run by running that same command line again)."""
-    return subprocess.Popen([sys.executable, str(REPO / f"{script}.py"), *argv], cwd=cwd, env=script_env(),
+    multi-process run by running that same command line again); `env`: more environment variables."""
+    return subprocess.Popen([sys.executable, str(REPO / f"{script}.py"), *argv], cwd=cwd, env={**script_env(), **env},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
