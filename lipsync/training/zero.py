@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import shutil
 import subprocess
 import sys
 import warnings
@@ -104,12 +103,17 @@ class ZeroStage2Strategy(DeepSpeedStrategy):
         saved = zero_world_size(checkpoint_path)
         if saved is None or saved == self.world_size:
             return super().load_checkpoint(checkpoint_path, weights_only)
-        universal = universal_path(checkpoint_path)
+        universal, failed = universal_path(checkpoint_path), None
         if self.is_global_zero:
             rank_zero_info(f"{checkpoint_path} was written by {saved} processes, this run has {self.world_size}: "
                            f"loading it through DeepSpeed's universal checkpoint format")
-            write_universal_checkpoint(checkpoint_path, universal)
-        self.barrier("universal checkpoint written")
+            try:
+                write_universal_checkpoint(checkpoint_path, universal)
+            except RuntimeError as err:  # every process must hear of it, or the others wait here forever
+                failed = str(err)
+        failed = self.broadcast(failed)
+        if failed:
+            raise RuntimeError(failed)
         self.deepspeed_engine._config.load_universal_checkpoint = True  # DeepSpeed reads it at load time only
         try:
             return super().load_checkpoint(universal, weights_only)
@@ -165,7 +169,6 @@ def write_universal_checkpoint(folder, out) -> Path:
         if done.returncode != 0:
             raise RuntimeError(f"DeepSpeed's ds_to_universal failed on {folder}:\n{done.stdout}{done.stderr}")
         (tmp / "latest_universal").write_text(ZERO_TAG)
-        shutil.copy(folder / "zero_to_fp32.py", tmp / "zero_to_fp32.py")
     return out
 
 
