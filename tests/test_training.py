@@ -358,6 +358,21 @@ def test_unet_audio_mismatch_is_one_line_before_training(workdir, tmp_path, monk
     assert not (tmp_path / "generator").exists()
 
 
+@pytest.mark.parametrize("options, message", [
+    (["--output_dir", "{file}"], "--output_dir: {file} is a file, not a folder"),
+    (["--max_steps", "-1"], "--lr_schedule cosine needs a finite run")])
+def test_unusable_run_options_are_one_line_before_any_work(workdir, tmp_path, monkeypatch, capsys, options, message):
+    (tmp_path / "taken").write_text("")
+    monkeypatch.chdir(workdir)
+    filled = [option.format(file=tmp_path / "taken") for option in options]
+    with pytest.raises(SystemExit) as exit_info:
+        unet_syncnet_lightning.main(argv(workdir, 1, "--output_dir", str(tmp_path / "runs"), *filled))
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 1 and "\n" not in err, err
+    assert err.startswith("error: " + message.format(file=tmp_path / "taken")), err
+    assert not (tmp_path / "runs").exists()
+
+
 @pytest.mark.parametrize("precision, deepspeed, fused", [("32-true", False, True), ("bf16-mixed", False, False),
                                                          ("bf16-mixed", True, True)])
 def test_adamw_is_fused_only_where_lightning_takes_it(precision, deepspeed, fused):

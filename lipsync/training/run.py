@@ -20,7 +20,7 @@ from pytorch_lightning.strategies import DeepSpeedStrategy
 from lipsync.checkpoint import decode_model_card, read_checkpoint
 from lipsync.data.module import LatentDataModule
 from lipsync.errors import UserError
-from lipsync.files import atomic_path, recover
+from lipsync.files import atomic_path, check_writable_folder, recover
 from lipsync.training.optim import COSINE_NEEDS_FINITE_RUN
 from lipsync.training.progress import progress_bar
 from lipsync.training.zero import CPUDeepSpeedStrategy, ZeroStage2Strategy
@@ -76,6 +76,7 @@ def resolve_args(args) -> None:
         args.strategy = "auto"
     if args.lr_schedule == "cosine" and args.max_steps == -1 and args.max_epochs == -1:
         raise UserError(COSINE_NEEDS_FINITE_RUN)
+    check_writable_folder(args.output_dir, "--output_dir")  # not after the models are built and the data read
     if args.wandb:
         try:
             import wandb  # noqa: F401
