@@ -38,9 +38,8 @@ def two_process_runs(tmp_path_factory, tiny_models):
 
 
 def test_no_process_builds_deepspeeds_shared_memory_op(two_process_runs):
-    """DeepSpeed's CPU backend JIT-compiles a shared-memory collective (tens of seconds of C++; minutes on a
-    loaded 2-core machine) that only DeepSpeed-inference uses: CPUDeepSpeedStrategy skips it, with 2 processes
-    too (their all-reduces go through gloo)."""
+    """DeepSpeed's CPU backend JIT-compiles a shared-memory collective (a C++ build) that only DeepSpeed-inference
+    uses: CPUDeepSpeedStrategy skips it, with 2 processes too (their all-reduces go through gloo)."""
     root, runs = two_process_runs
     assert runs["generator"][0] == 0
     folder = root / "torch_extensions"
