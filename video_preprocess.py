@@ -6,6 +6,7 @@
 
 Every video under RAW (any depth; mp4 mov mkv avi mpg mpeg webm) becomes D/<relative path without extension>/
 (LRS2 `group/clip.mp4` -> `D/group/clip/`). Re-running skips finished folders, so an interrupted run resumes.
+Exits non-zero if any video failed (each failure is one line of the final summary).
 Then run audio_preprocess.py --data_root D. Layout and latent conventions: docs/ARCHITECTURE.md.
 """
 from __future__ import annotations
@@ -58,8 +59,9 @@ def main(argv=None):
     num_workers = args.num_workers or (len(devices) if devices[0] != "cpu" else 1)
     outcomes = preprocess_videos(args.data_root, args.output_root, settings, devices, num_workers, args.shard)
     print(summarize(outcomes, "videos"))
-    if all(o.status == "failed" for o in outcomes):
-        raise UserError(f"all {len(outcomes)} videos failed")
+    failed = sum(o.status == "failed" for o in outcomes)
+    if failed:  # a scripted pipeline must not go on as if every video were there
+        raise UserError(f"{failed} of {len(outcomes)} videos failed (listed above; the others are done)")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from lipsync import model_zoo, timing  # noqa: E402
 from lipsync.checkpoint import encode_model_card  # noqa: E402
 from lipsync.demo import synthetic  # noqa: E402
 from lipsync.evaluation import runner  # noqa: E402
-from lipsync.video_io import write_video  # noqa: E402
+from lipsync.video_writer import write_video  # noqa: E402
 
 METRIC_ORDER = ("lse", "expert", "fid", "quality", "csim")
 

@@ -35,8 +35,8 @@ def decode_audio(path) -> tuple[np.ndarray, int]:
         raise UserError(f"audio file not found: {path}")
     try:
         container = av.open(str(path))
-    except av.FFmpegError as err:
-        raise UserError(f"cannot read audio from {path}: {err}") from None
+    except av.FFmpegError as err:  # its str() holds the errno and the path: the reason is enough
+        raise UserError(f"cannot read audio from {path}: {err.strerror}") from None
     with container:
         if not container.streams.audio:
             raise UserError(f"{path} has no audio stream")
@@ -50,7 +50,7 @@ def decode_audio(path) -> tuple[np.ndarray, int]:
                 chunks += [f.to_ndarray() for f in resampler.resample(frame)]
             chunks += [f.to_ndarray() for f in resampler.resample(None)]
         except av.FFmpegError as err:
-            raise UserError(f"cannot decode audio of {path}: {err}") from None
+            raise UserError(f"cannot decode audio of {path}: {err.strerror}") from None
     if not chunks or sum(c.shape[1] for c in chunks) == 0:
         raise UserError(f"{path} has an empty audio stream")
     return np.concatenate(chunks, axis=1), rate

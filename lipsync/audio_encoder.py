@@ -12,6 +12,7 @@ then normalise with the same numbers: sums of 16-bit PCM samples are exact in fl
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -50,14 +51,24 @@ class Moments:
         return mean, max(float(np.sqrt(variance + NORMALIZE_EPS)), min_std)
 
 
+def _only_a_path(model_id: str) -> bool:
+    """A name the hub would refuse as a repo id ('name' or 'org/name'), so it can only mean a local folder."""
+    return model_id.startswith((".", "/", "~")) or model_id.count("/") > 1 or "\\" in model_id
+
+
 class AudioEncoder:
     def __init__(self, model_id: str = DEFAULT_AUDIO_ENCODER, device="cpu", dtype=torch.float32,
                  chunk_s: float = 20.0, context_s: float = 2.0):
+        local = Path(model_id).expanduser()
+        if not local.exists() and _only_a_path(model_id):
+            raise UserError(f"audio encoder folder {model_id} not found (a hub id is 'name' or 'org/name')")
         try:
             config = AutoConfig.from_pretrained(model_id)
             self.model = AutoModel.from_pretrained(model_id, torch_dtype=dtype)
         except (OSError, ValueError) as err:
-            raise UserError(f"cannot load audio encoder {model_id!r}: {str(err).splitlines()[0]}") from None
+            reason = str(err).splitlines()[0].rstrip(".")
+            where = "" if local.exists() else f"; there is no folder {local} either"
+            raise UserError(f"cannot load audio encoder {model_id!r}: {reason}{where}") from None
         try:  # wav2vec2-base-960h normalises each input to zero mean / unit variance; some models do not
             self.normalize = bool(getattr(AutoFeatureExtractor.from_pretrained(model_id), "do_normalize", True))
         except (OSError, ValueError):

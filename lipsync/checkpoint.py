@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file as load_safetensors
 
 from lipsync.errors import UserError
+from lipsync.files import recover
 
 MODEL_CARD_KEY = "model_card"
 WRAPPER_PREFIXES = ("_forward_module.", "module.")  # added by DeepSpeed / DDP wrappers
@@ -49,7 +50,7 @@ class Checkpoint:
 
 def read_checkpoint(path) -> Checkpoint:
     """Read any supported checkpoint into a flat CPU state dict (no model is built here)."""
-    path = Path(path)
+    path = recover(path)  # a checkpoint folder whose replacement was cut short between its two renames
     if not path.exists():
         raise UserError(f"checkpoint not found: {path}")
     if path.is_dir():

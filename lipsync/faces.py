@@ -126,8 +126,13 @@ def smooth_boxes(boxes: np.ndarray, window: int = SMOOTH_WINDOW) -> np.ndarray:
     if half == 0 or not valid.any():
         return boxes.copy()
     kernel = np.ones(2 * half + 1)
-    counts = np.convolve(valid.astype(np.float64), kernel, mode="same")
-    sums = np.stack([np.convolve(np.where(valid, column, 0.0), kernel, mode="same") for column in boxes.T], 1)
+    n = len(boxes)
+
+    def window_sums(values):  # [N]; "full" then sliced: "same" returns max(N, window) values for short videos
+        return np.convolve(values, kernel, mode="full")[half:half + n]
+
+    counts = window_sums(valid.astype(np.float64))
+    sums = np.stack([window_sums(np.where(valid, column, 0.0)) for column in boxes.T], 1)
     smoothed = (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
     smoothed[~valid] = np.nan
     return smoothed

@@ -13,7 +13,8 @@ import av
 import cv2
 import numpy as np
 
-from lipsync.files import temp_path
+from lipsync.errors import UserError
+from lipsync.files import check_writable_folder, temp_path
 
 _SMPTE170M, _LIMITED_RANGE = 6, 1  # the tags VideoWriter writes (colour space, primaries, transfer; range): BT.601
 
@@ -30,6 +31,22 @@ def check_frame(frame: np.ndarray, width: int, height: int) -> None:
     """ValueError unless `frame` is what a writer of that size takes: RGB uint8 [height, width, 3]."""
     if frame.shape != (height, width, 3) or frame.dtype != np.uint8:
         raise ValueError(f"expected uint8 frame of shape {(height, width, 3)}, got {frame.dtype} {frame.shape}")
+
+
+# containers the writer can put H.264 + AAC in (FFmpeg picks the container from the file name)
+VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv", ".avi")
+
+
+def check_output_video(path) -> None:
+    """UserError unless a VideoWriter can write `path`: a file name with a video container's extension, in a
+    folder that exists or can be made and may be written in. Lets a long run check its output before it starts
+    (the writer itself opens the file only when the first frame is ready)."""
+    path = Path(path)
+    if path.suffix.lower() not in VIDEO_SUFFIXES:
+        raise UserError(f"output video {path}: the file name must end in {', '.join(VIDEO_SUFFIXES)}")
+    if path.is_dir():
+        raise UserError(f"output video {path} is a folder")
+    check_writable_folder(path.parent, f"output video {path}")
 
 
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")

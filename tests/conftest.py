@@ -12,6 +12,7 @@ import torch  # noqa: E402
 
 from lipsync import model_zoo  # noqa: E402
 from lipsync.checkpoint import encode_model_card  # noqa: E402
+
 from media import GRID, GRID2, Clip, Media, make_media, real_speech  # noqa: E402
 
 torch.set_num_threads(2)

@@ -19,7 +19,7 @@ import torch
 from lipsync import model_zoo, timing
 from lipsync.checkpoint import encode_model_card
 from lipsync.demo import synthetic
-from lipsync.video_io import write_video
+from lipsync.video_writer import write_video
 
 PADS = (-15, -4, -3, -3)  # the demo's crop recipe for its 128 px synthetic faces (lipsync/demo/pipeline.py)
 FRAME_SIZE, IMAGE_SIZE = 128, 32

@@ -82,6 +82,9 @@ def write_media(path, frames, fps: float, audio: np.ndarray | None = None, audio
             samples = np.repeat(np.asarray(audio, np.float32)[None], channels, axis=0)
             frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples), format="fltp", layout=layout)
             frame.sample_rate = audio_rate
+            # timestamps from 0: the encoder's priming samples are then marked as such and skipped on decoding
+            # (without them the track decodes ~1,000 samples late)
+            frame.pts, frame.time_base = 0, Fraction(1, audio_rate)
             for piece in [*resampler.resample(frame), *resampler.resample(None)]:
                 container.mux(sound.encode(piece))
             container.mux(sound.encode(None))

@@ -15,14 +15,15 @@ import numpy as np
 import psutil
 import pytest
 import soundfile as sf
-from app_server import AppServer
 from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 
-import media
 from lipsync.audio import write_wav
 from lipsync.video_io import iter_frames, probe_video
 from lipsync.video_writer import VideoWriter
+
+import media
+from app_server import AppServer
 
 GRID = media.GRID.path  # 360x288, 25 fps, 75 frames
 MAX_SECONDS = 4  # the server's --max_seconds

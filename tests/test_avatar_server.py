@@ -15,15 +15,16 @@ import numpy as np
 import pytest
 import torch
 import uvicorn
-from tiny_generator import write_tiny_generator
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-import media
 from lipsync.inference import load_models
 from lipsync.realtime.avatar import Avatar, prepare_avatar
 from lipsync.realtime.server import ServerOptions, create_app, load_avatars
 from lipsync.realtime.streaming import StreamOptions
+
+import media
+from tiny_generator import write_tiny_generator
 
 BOX = (60, 200, 120, 240)
 WAIT_S = 120  # a liveness bound, not a timing: a stalled server fails here instead of hanging the suite

@@ -83,3 +83,30 @@ def test_the_realtime_benchmark_runs_on_the_cpu_with_the_tiny_models(bench_realt
     rows = capsys.readouterr().out.split("crop px")[-1].splitlines()[1:]
     full = [row.split() for row in rows if row.split()[1:3] == ["None", "None"]]
     assert len(rows) == 3 and float(full[0][3]) == 0.0 and float(full[0][7]) == 0.0  # full context = itself
+
+
+@pytest.fixture(scope="module")
+def bench_resume():
+    path = Path(__file__).resolve().parents[1] / "bench" / "bench_resume.py"
+    spec = importlib.util.spec_from_file_location("bench_resume", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_resume_bench_compares_logged_losses_and_weights(bench_resume, tmp_path):
+    """What the resume benchmark reports: losses read back from real TensorBoard event files, compared at the
+    steps both runs logged; weights as a relative L2 distance over the floating tensors."""
+    import torch
+    from torch.utils.tensorboard import SummaryWriter
+
+    for name, values in (("a", {1: 0.5, 2: 0.4, 3: 0.3}), ("c", {3: 0.25, 4: 0.2})):
+        with SummaryWriter(str(tmp_path / name)) as writer:
+            for step, value in values.items():
+                writer.add_scalar("train/recon_loss", value, step)
+    reference, resumed = bench_resume.logged_losses(tmp_path / "a"), bench_resume.logged_losses(tmp_path / "c")
+    assert reference == pytest.approx({1: 0.5, 2: 0.4, 3: 0.3}) and set(resumed) == {3, 4}
+    assert bench_resume.largest_difference(resumed, reference) == pytest.approx(0.05)
+    weights = {"w": torch.tensor([3.0, 4.0]), "on": torch.tensor(True)}
+    assert bench_resume.relative_l2({"w": torch.tensor([3.0, 4.5]), "on": torch.tensor(False)}, weights) == \
+        pytest.approx(0.1)

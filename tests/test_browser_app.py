@@ -14,12 +14,13 @@ import time
 from pathlib import Path
 
 import pytest
-from app_server import AppServer
-from browser import artifacts, chromium
 
-import media
 from lipsync.audio import load_audio, write_wav
 from lipsync.video_io import iter_frames
+
+import media
+from app_server import AppServer
+from browser import artifacts, chromium
 
 pytestmark = pytest.mark.browser
 

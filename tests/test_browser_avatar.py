@@ -6,12 +6,13 @@ from __future__ import annotations
 import time
 
 import pytest
-from browser import artifacts, chromium
 from test_avatar_server import WAIT_S, Server, avatars_dir, models, one_torch_thread  # noqa: F401 (fixtures)
 
 from lipsync.audio import write_wav
 from lipsync.realtime.server import ServerOptions, create_app, load_avatars
 from lipsync.realtime.streaming import StreamOptions
+
+from browser import artifacts, chromium
 
 pytestmark = pytest.mark.browser
 

@@ -215,6 +215,38 @@ def test_datamodule_workers_describe_and_epochs(videos, tmp_path, monkeypatch):
     assert not torch.equal(epoch0, epoch1)
 
 
+def test_training_loader_resumes_mid_epoch_and_splits_epochs_over_processes(videos, tmp_path, monkeypatch):
+    """The training loader's state (what Lightning saves in checkpoints) restores the position in the epoch: a new
+    loader (and its worker process, which draws items itself) goes on with exactly the batches the first one had
+    left; a state saved after an epoch's last batch goes on with the next epoch. With several processes, each
+    takes its own share of every epoch."""
+    root, _ = videos
+    write_hdtf_filelists(tmp_path, monkeypatch, train=["spk0/a", "spk0/b", "spk2/a"], val=["spk1/a"])
+    dm = module.LatentDataModule(root, "hdtf", task="syncnet", batch_size=2, num_workers=1,
+                                 train_samples_per_epoch=10, val_samples=2)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    assert len(loader) == 5
+    loader.sampler.set_epoch(3)
+    epoch = [batch["audio"] for batch in loader]
+    batches = iter(loader)
+    for _ in range(2):
+        next(batches)
+    state = loader.state_dict()
+    assert state == {"epoch": 3, "batches": 2}
+
+    resumed = dm.train_dataloader()  # a new process: fresh loader, epoch counter at 0
+    dm.train_dataset.set_epoch(0)
+    resumed.load_state_dict(state)
+    assert all(torch.equal(a, b) for a, b in zip([batch["audio"] for batch in resumed], epoch[2:], strict=True))
+    assert resumed.state_dict() == {"epoch": 3, "batches": 5}
+    resumed.load_state_dict(resumed.state_dict())  # saved at the epoch's end: the next epoch, from its start
+    assert resumed.sampler.epoch == 4 and len(list(resumed)) == 5
+
+    shares = [module.EpochSampler(dm.train_dataset, num_replicas=3, rank=rank) for rank in range(3)]
+    assert [list(share) for share in shares] == [[0, 3, 6], [1, 4, 7], [2, 5, 8]]  # the 10th item is dropped
+
+
 class WorkerState(torch.utils.data.Dataset):
     """Reports, from inside a loader worker, how many objects the collector has frozen and the worker's seed."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -54,6 +55,21 @@ def test_demo_learned_lip_sync_on_held_out_faces_and_speech(demo_run):
     assert m["syncnet_acc"] >= 0.6, m
     assert m["audio_gain"] >= 1.3, m  # 1.83 when set
     assert np.isfinite(m["seconds"])
+
+
+def test_the_filelists_command_the_demo_records_makes_the_same_lists(demo_run, tmp_path):
+    """filelists_synthetic/README.md says how the lists were made: that command, run as a user would (in another
+    folder, with a dataset name that is none of the shipped ones), writes the same lists there."""
+    cwd, _ = demo_run
+    made = cwd / "out" / "filelists_synthetic"
+    readme = (made / "README.md").read_text().splitlines()
+    command = shlex.split(readme[readme.index("Command:") + 2].strip())
+    assert command[:2] == ["python", "make_filelists.py"] and "synthetic" in command
+    proc = subprocess.run([sys.executable, str(ROOT / "make_filelists.py"), *command[2:]], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for split in ("train", "val", "test"):
+        assert (tmp_path / "filelists_synthetic" / f"{split}.txt").read_text() == (made / f"{split}.txt").read_text()
 
 
 def test_reruns_start_clean_but_never_delete_a_folder_the_demo_did_not_make(tmp_path):

@@ -5,12 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from eval_media import write_clip
 from lipsync.audio import load_audio
 from lipsync.checkpoint import encode_model_card
 from lipsync.errors import UserError
 from lipsync.evaluation.expert import audio_tower, expert_sync_scores, face_tower, load_expert, planted_offsets
 from models.syncnet import SyncNet, SyncNetConfig
+
+from eval_media import write_clip
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from eval_media import random_inception_weights
 from lipsync.errors import UserError
 from lipsync.evaluation import fid
 from lipsync.video_io import iter_frames
+
+from eval_media import random_inception_weights
 
 IMAGES = 8  # per set: a covariance of rank > 1, and cheap: every image costs one InceptionV3 pass at 299 px
 

@@ -3,12 +3,13 @@ import numpy as np
 import pytest
 import torch
 
-from eval_media import random_arcface_onnx
 from lipsync.errors import UserError
 from lipsync.evaluation import identity
 from lipsync.evaluation.quality import mouth_slice, ssim_psnr
 from lipsync.faces import FaceDetector
 from lipsync.video_io import iter_frames
+
+from eval_media import random_arcface_onnx
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,17 @@ import pytest
 import torch
 
 import evaluate
-from eval_media import (random_arcface_onnx, random_inception_weights, random_syncnet_v2_weights, talking_clip,
-                        write_clip)
 from lipsync import model_zoo
 from lipsync.checkpoint import encode_model_card
 from models.unet import AUDIO_POSITIONS, build_unet
+
+from eval_media import (
+    random_arcface_onnx,
+    random_inception_weights,
+    random_syncnet_v2_weights,
+    talking_clip,
+    write_clip,
+)
 
 SECONDS = 1.6  # 40 frames: 35 SyncNet windows
 FAST = ["--weights_check", "architecture", "--min_track", "10", "--min_face_size", "20", "--fid_stride", "4",

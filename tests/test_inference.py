@@ -8,6 +8,7 @@ a small tolerance, which ties the file to the frames the hook saw.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -22,7 +23,6 @@ import soundfile as sf
 import soxr
 import torch
 
-import media
 from lipsync.audio import write_wav
 from lipsync.checkpoint import encode_model_card
 from lipsync.errors import Cancelled, UserError
@@ -31,6 +31,8 @@ from lipsync.inference import LipSyncOptions, lip_sync, load_models
 from lipsync.video_io import iter_frames, pingpong_indices, probe_video
 from lipsync.video_writer import VideoWriter
 from models.syncnet import SyncNet, SyncNetConfig
+
+import media
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE_SIZE = 64  # the tiny generator's crops (conftest.generator_checkpoint)
@@ -214,7 +216,7 @@ def _script(*args, cwd):
 @pytest.fixture(scope="module")
 def inputs(speech, tmp_path_factory):
     """Good speech and the bad inputs: a text file named .mp4, a 0-sample wav, a faceless video without audio,
-    a SyncNet checkpoint and a file of garbage named .ckpt."""
+    a SyncNet checkpoint and a file of garbage named .ckpt; short inputs: 0.05 s of speech, a 1-frame video."""
     root = tmp_path_factory.mktemp("inputs")
     (root / "not_a_video.mp4").write_text("hello")
     sf.write(str(root / "empty.wav"), np.zeros(0, np.float32), 16000)
@@ -227,6 +229,8 @@ def inputs(speech, tmp_path_factory):
     torch.save({"state_dict": sync_state}, root / "syncnet.ckpt")
     (root / "garbage.ckpt").write_bytes(b"\x00not a checkpoint" * 10)
     _write_speech(root / "speech.wav", speech, 0.8)
+    _write_speech(root / "short.wav", speech, 0.05)
+    media.write_media(root / "one_frame.mp4", list(itertools.islice(iter_frames(GRID), 1)), 25)
     return root
 
 
@@ -244,15 +248,25 @@ def test_a_video_longer_than_the_audio_is_read_only_as_far_as_the_output_needs(m
     np.testing.assert_allclose(np.stack(recorder.boxes), whole[:25], atol=0.01)  # detector batches differ at the end
 
 
-BAD_INPUTS = {  # case: (checkpoint, face, audio, what the message says); None = the good one
-    "missing_face": (None, "nope.mp4", None, "face file not found"),
-    "face_not_video": (None, "not_a_video.mp4", None, "cannot read video"),
-    "audio_without_stream": (None, None, "faceless_silent.mp4", "no audio stream"),
-    "zero_length_audio": (None, None, "empty.wav", "empty audio"),
-    "faceless_video": (None, "faceless_silent.mp4", None, "no face found"),
-    "syncnet_checkpoint": ("syncnet.ckpt", None, None, "not a generator"),
-    "unreadable_checkpoint": ("garbage.ckpt", None, None, "not a checkpoint"),
+BAD_INPUTS = {  # case: (checkpoint, face, audio, outfile, what the message says); None = the good one
+    "missing_face": (None, "nope.mp4", None, None, "face file not found"),
+    "face_not_video": (None, "not_a_video.mp4", None, None, "cannot read video"),
+    "audio_not_audio": (None, None, "not_a_video.mp4", None,
+                        "cannot read audio from {inputs}/not_a_video.mp4: Invalid data found when processing input"),
+    "audio_without_stream": (None, None, "faceless_silent.mp4", None, "no audio stream"),
+    "zero_length_audio": (None, None, "empty.wav", None, "empty audio"),
+    "faceless_video": (None, "faceless_silent.mp4", None, None, "no face found"),
+    "syncnet_checkpoint": ("syncnet.ckpt", None, None, None, "not a generator"),
+    "unreadable_checkpoint": ("garbage.ckpt", None, None, None, "not a checkpoint"),
+    # checked before any work (the writer would find out at the first frame, minutes into a long video)
+    "outfile_in_a_file": (None, None, None, "{inputs}/speech.wav/out.mp4",
+                          "output video {inputs}/speech.wav/out.mp4: {inputs}/speech.wav is a file, not a folder"),
+    "outfile_without_extension": (None, None, None, "results/out",
+                                  "output video results/out: the file name must end in .mp4, .mov, .m4v, .mkv, .avi"),
 }
+# short inputs that must simply work: a 1-frame face video (fewer frames than the box smoothing's window), and
+# 0.05 s of speech (a 1-frame output)
+SHORT_INPUTS = {"one_frame_face": ("one_frame.mp4", "speech.wav", 20), "short_audio": (None, "short.wav", 1)}
 
 
 @pytest.fixture(scope="module")
@@ -263,16 +277,20 @@ def script_runs(generator_checkpoint, inputs, tmp_path_factory):
     procs = {"good": _script("--checkpoint_path", generator_checkpoint, "--face", GRID, "--audio",
                              inputs / "speech.wav", "--batch_size", 8, "--box", 60, 200, 120, 240, "--nosmooth",
                              "--crf", 23, "--preset", "faster", "--no_cuda_graph", cwd=root / "good")}
-    for case, (ckpt, face, audio, _) in BAD_INPUTS.items():
+    for case, (ckpt, face, audio, outfile, _) in BAD_INPUTS.items():
         procs[case] = _script("--checkpoint_path", inputs / ckpt if ckpt else generator_checkpoint,
                               "--face", inputs / face if face else GRID,
-                              "--audio", inputs / (audio or "speech.wav"), cwd=root / case)
-    outputs = {name: proc.communicate(timeout=180) for name, proc in procs.items()}
-    return {name: (proc.returncode, *outputs[name], root / name) for name, proc in procs.items()}
+                              "--audio", inputs / (audio or "speech.wav"),
+                              *(["--outfile", outfile.format(inputs=inputs)] if outfile else []), cwd=root / case)
+    for case, (face, audio, _) in SHORT_INPUTS.items():
+        procs[case] = _script("--checkpoint_path", generator_checkpoint, "--face", inputs / face if face else GRID,
+                              "--audio", inputs / audio, "--no_cuda_graph", cwd=root / case)
+    outputs = {name: proc.communicate(timeout=600) for name, proc in procs.items()}
+    return {name: (proc.returncode, *outputs[name], root / name, inputs) for name, proc in procs.items()}
 
 
 def test_script_writes_the_default_outfile_and_prints_the_summary(script_runs):
-    returncode, stdout, stderr, folder = script_runs["good"]
+    returncode, stdout, stderr, folder, _ = script_runs["good"]
     assert returncode == 0, stderr
     assert (folder / "results" / "result_voice.mp4").is_file()  # the default outfile, its folder created
     assert "faces found in 20/20 frames" in stdout and "unet" in stdout
@@ -280,11 +298,30 @@ def test_script_writes_the_default_outfile_and_prints_the_summary(script_runs):
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
 def test_bad_inputs_fail_in_one_line_without_output(case, script_runs):
-    returncode, _, stderr, folder = script_runs[case]
+    returncode, _, stderr, folder, inputs = script_runs[case]
     lines = stderr.strip().splitlines()
     assert returncode == 1
-    assert len(lines) == 1 and lines[0].startswith("error: ") and BAD_INPUTS[case][3] in lines[0], stderr
+    message = BAD_INPUTS[case][4].format(inputs=inputs)
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], stderr
+    assert "Errno" not in lines[0] and lines[0].count(str(inputs)) <= 2  # FFmpeg's errno and path repeats are gone
     assert not (folder / "results").exists()
+
+
+@pytest.mark.parametrize("case", sorted(SHORT_INPUTS))
+def test_short_inputs_give_a_video(case, script_runs):
+    returncode, stdout, stderr, folder, _ = script_runs[case]
+    assert returncode == 0, stderr
+    frames = SHORT_INPUTS[case][2]
+    assert probe_video(folder / "results" / "result_voice.mp4").num_frames == frames
+    assert f"faces found in {frames}/{frames} frames" in stdout
+
+
+def test_output_video_is_checked_before_the_models_load(tmp_path, speech):
+    """A bad outfile is reported before any other work (here, before the missing checkpoint would be)."""
+    audio = _write_speech(tmp_path / "speech.wav", speech, 0.4)
+    (tmp_path / "taken").write_text("")
+    with pytest.raises(UserError, match="taken is a file, not a folder"):
+        lip_sync(tmp_path / "missing.ckpt", GRID, audio, tmp_path / "taken" / "out.mp4")
 
 
 @pytest.mark.parametrize("ref_frame", [None, 3])

@@ -243,8 +243,10 @@ def test_audio_encoder_is_frozen_and_in_eval_mode(tiny_models):
     assert enc.hidden_size == 32
     with pytest.raises(UserError, match="too short"):
         enc.encode(np.zeros(100, np.float32))
-    with pytest.raises(UserError, match="cannot load audio encoder"):
-        AudioEncoder("/nonexistent/model")
+    with pytest.raises(UserError, match=r"^audio encoder folder /nonexistent/model not found \(a hub id is"):
+        AudioEncoder("/nonexistent/model")  # a path, not a hub id: said so, not the hub's repo-id rules
+    with pytest.raises(UserError, match=r"cannot load audio encoder 'no_org/no_model': .*no folder no_org/no_model"):
+        AudioEncoder("no_org/no_model")  # either could be meant (offline: the hub cannot have it)
 
 
 def test_bf16_generation_stays_within_bf16_tolerance_of_fp32(tiny_models):

@@ -32,6 +32,8 @@ from lipsync.timing import AUDIO_SAMPLE_RATE, num_feature_frames
 from lipsync.video_io import iter_frames, probe_video
 from lipsync.video_writer import write_video
 
+from media import write_media
+
 ROOT = Path(__file__).resolve().parents[1]
 CLIPS = {"grid/lwbsza": "grid", "synthetic/face5": "talking_h264"}  # dataset folder: clip (conftest `clips`)
 GAP = range(20, 30)  # grey frames of gap.mp4: no face
@@ -42,11 +44,17 @@ def tone(seconds: float) -> np.ndarray:
     return (0.1 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
 
 
-def run(script, argv) -> str:
-    """Call script.main(argv) in-process; its stdout (the summary)."""
+def run(script, argv, exit_code: int = 0) -> str:
+    """Call script.main(argv) in-process; its stdout (the summary). exit_code: what it must exit with (1: some
+    item failed)."""
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        script.main([str(a) for a in argv])
+        try:
+            script.main([str(a) for a in argv])
+            code = 0
+        except SystemExit as stop:
+            code = stop.code
+    assert code == exit_code, out.getvalue()
     return out.getvalue()
 
 
@@ -68,7 +76,7 @@ def dataset(tmp_path_factory, tiny_models, clips):
                 audio=tone(2.0))
     (raw / "broken.mp4").write_text("not a video")
     write_video(raw / "faceless.mp4", [np.full((64, 64, 3), 90, np.uint8)] * 50, 25, audio=tone(2.0))
-    summary = run(video_preprocess, video_args(raw, out, tiny_models))
+    summary = run(video_preprocess, video_args(raw, out, tiny_models), exit_code=1)  # 2 of them failed
     return raw, out, summary
 
 
@@ -168,7 +176,7 @@ def test_rerun_skips_finished_and_completes_interrupted(dataset, tiny_models):
     mtimes = {p: p.stat().st_mtime_ns for p in finished.iterdir()}
     (interrupted / "meta.json").unlink()  # killed before the last write ...
     temp_path(interrupted / "latents.safetensors").write_bytes(b"half a file")  # ... or during the first one
-    summary = run(video_preprocess, video_args(raw, out, tiny_models))
+    summary = run(video_preprocess, video_args(raw, out, tiny_models), exit_code=1)
     assert summary.startswith("1 done, 2 skipped, 2 failed (of 5 videos)")
     assert {p: p.stat().st_mtime_ns for p in finished.iterdir()} == mtimes
     assert sorted(p.name for p in interrupted.iterdir()) == ["audio.wav", "latents.safetensors", "meta.json"]
@@ -232,3 +240,111 @@ def test_audio_preprocess_missing_wav_command_line(dataset, tiny_models, tmp_pat
     assert "Traceback" not in result.stderr
     failed = [line for line in result.stdout.splitlines() if line.startswith("  failed")]
     assert len(failed) == 1 and "lwbsza" in failed[0] and "no audio.wav" in failed[0]
+
+
+@pytest.fixture(scope="module")
+def command_lines(dataset, clips, tiny_models, tmp_path_factory):
+    """The preprocessing scripts as real processes, all started at once (each pays seconds of imports):
+    - "mixed": video_preprocess.py over a good clip, a text file named .mp4, a 1-frame clip and a clip cut short
+      (its MP4 header promises 75 frames; half of its bytes are there);
+    - "output_root_is_a_file": video_preprocess.py writing into a file;
+    - "missing_encoder": audio_preprocess.py with a local encoder folder that does not exist.
+    -> {name: (returncode, stdout, stderr, root)}."""
+    root = tmp_path_factory.mktemp("command_lines")
+    raw = root / "raw"
+    raw.mkdir()
+    (raw / "good.mpg").symlink_to(clips["grid"].path)
+    (raw / "broken.mp4").write_text("not a video")
+    frames, speech = list(iter_frames(clips["grid"].path)), load_audio(clips["grid"].path)
+    write_media(raw / "one_frame.mp4", frames[:1], 25, speech[:640])
+    whole = write_media(root / "whole.mp4", frames, 25, speech, faststart=True)
+    (raw / "cut_short.mp4").write_bytes(whole.read_bytes()[:whole.stat().st_size // 2])
+    (root / "a_file").write_text("")
+    commands = {
+        "mixed": ["video_preprocess.py", *video_args(raw, root / "out", tiny_models)],
+        "output_root_is_a_file": ["video_preprocess.py", *video_args(raw, root / "a_file", tiny_models)],
+        "missing_encoder": ["audio_preprocess.py", "--data_root", dataset[1], "--audio_encoder", "./no_such_encoder",
+                            "--device", "cpu"],
+    }
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    procs = {name: subprocess.Popen([sys.executable, str(ROOT / command[0]), *map(str, command[1:])], cwd=root,
+                                    env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for name, command in commands.items()}
+    outputs = {name: proc.communicate(timeout=300) for name, proc in procs.items()}
+    return {name: (proc.returncode, *outputs[name], root) for name, proc in procs.items()}
+
+
+def test_video_preprocess_exits_1_when_any_video_failed_and_says_why(command_lines):
+    """A scripted pipeline must stop when videos failed, while the good ones are kept; a clip too short to train
+    on fails with that reason; a clip cut short is kept with a warning (its decodable start is good data)."""
+    code, stdout, stderr, root = command_lines["mixed"]
+    assert code == 1 and "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == "error: 2 of 4 videos failed (listed above; the others are done)"
+    lines = stdout.strip().splitlines()
+    assert lines[0].startswith("2 done, 0 skipped, 2 failed (of 4 videos)")
+    assert lines[1].startswith("  warning  cut_short.mp4: truncated or damaged: its header promises 75 frames")
+    assert lines[2].startswith("  failed  broken.mp4: cannot read video")
+    assert lines[3] == ("  failed  one_frame.mp4: too short to train on: a face in 1 of its 1 frames at 25 fps, "
+                        "and a training window is 5 frames")
+    assert len(lines) == 4
+    meta = json.loads((root / "out" / "cut_short" / "meta.json").read_text())
+    assert meta["header_frames"] == 75 and 20 < meta["num_frames"] < 60
+    assert (root / "out" / "good" / "meta.json").is_file() and not (root / "out" / "one_frame").exists()
+
+
+def test_unusable_output_root_and_missing_encoder_folder_fail_at_once_in_one_line(command_lines):
+    """Nothing is decoded before the output root is known to be usable: no summary, one line."""
+    for case, message in (("output_root_is_a_file", "error: --output_root: {root}/a_file is a file, not a folder"),
+                          ("missing_encoder", "error: audio encoder folder ./no_such_encoder not found (a hub id is "
+                                              "'name' or 'org/name')")):
+        code, stdout, stderr, root = command_lines[case]
+        assert code == 1 and stdout == "", (case, stdout)
+        assert stderr.strip().splitlines() == [message.format(root=root)], (case, stderr)
+
+
+KILLED_WHILE_WRITING = """
+import os, signal, sys
+from lipsync.data import folder
+from lipsync.files import temp_path
+import video_preprocess
+
+def killed_while_writing_the_audio(path, samples, *args, **kwargs):  # latents.safetensors is written by now
+    temp_path(path).write_bytes(b"RIFF" + bytes(100))  # part of audio.wav, under its temp name
+    os.kill(os.getpid(), signal.SIGKILL)
+
+folder.write_wav = killed_while_writing_the_audio
+video_preprocess.main(sys.argv[1:])
+"""
+
+
+def test_a_kill_while_a_folder_is_written_leaves_nothing_later_steps_read(tiny_models, clips, tmp_path, monkeypatch):
+    """video_preprocess.py killed (SIGKILL) between the files of a dataset folder: no later step lists it (the
+    audio stage, make_filelists, a filelist naming it), and a rerun completes it."""
+    from lipsync.data import filelists
+    from lipsync.data.folder import find_video_folders
+    from lipsync.errors import UserError
+    from lipsync.preprocess.audio import encode_dataset_audio
+
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    raw.mkdir()
+    (raw / "clip.mpg").symlink_to(clips["grid"].path)
+    args = video_args(raw, out, tiny_models, "--box", 60, 200, 120, 240)
+    killed = subprocess.run([sys.executable, "-c", KILLED_WHILE_WRITING, *map(str, args)], cwd=ROOT,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert sorted(p.name for p in (out / "clip").iterdir()) == [".audio.tmp.wav", "latents.safetensors"]
+
+    assert find_video_folders(out) == []
+    with pytest.raises(UserError, match="no finished dataset folders"):
+        encode_dataset_audio(out, tiny_models["wav2vec2"])
+    with pytest.raises(UserError, match="no finished video folder"):
+        filelists.make_filelists(out, tmp_path / "filelists_x")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "filelists_x").mkdir()
+    (tmp_path / "filelists_x" / "train.txt").write_text("clip\n")
+    with pytest.warns(UserWarning, match="not finished"), pytest.raises(UserError, match="lists no video folder"):
+        filelists.read_filelist("x", "train", out)
+
+    assert run(video_preprocess, args).startswith("1 done, 0 skipped, 0 failed")
+    assert sorted(p.name for p in (out / "clip").iterdir()) == ["audio.wav", "latents.safetensors", "meta.json"]
+    assert find_video_folders(out) == ["clip"]

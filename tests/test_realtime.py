@@ -8,9 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from tiny_generator import write_tiny_generator
 
-import media
 from lipsync import timing
 from lipsync.audio import load_audio, write_wav
 from lipsync.errors import UserError
@@ -19,6 +17,9 @@ from lipsync.inference import LipSyncOptions, lip_sync, load_models
 from lipsync.realtime.avatar import Avatar, prepare_avatar
 from lipsync.realtime.streaming import AvatarStream, FrameGenerator, StreamOptions
 from lipsync.video_io import iter_frames, pingpong_indices
+
+import media
+from tiny_generator import write_tiny_generator
 
 GRID = media.GRID.path  # 360x288, 25 fps, 75 frames
 BOX = (60, 200, 120, 240)  # a fixed face box (top bottom left right): no detector batches to differ

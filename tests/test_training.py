@@ -4,7 +4,6 @@ import copy
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 from pytorch_lightning import Callback
@@ -13,38 +12,19 @@ import unet_syncnet_lightning
 import unet_wav2lip_lightning
 from lipsync import model_zoo
 from lipsync.checkpoint import load_generator, load_syncnet, read_checkpoint
-from lipsync.data.folder import write_video_folder
 from lipsync.errors import UserError
 from models.unet import generate
 
-FRAMES, C, SIZE, DIM = 40, 4, 16, 32
+from tiny_runs import DIM, SIZE, C, train_argv, write_latent_dataset
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory, tiny_models):
     """cwd with filelists_lrs2/ and a data root of 4 random videos (16x16 latents, 32-d features, tiny codec)."""
-    root = tmp_path_factory.mktemp("train")
-    gen = torch.Generator().manual_seed(0)
-    names = [f"spk{i}/clip" for i in range(4)]
-    for name in names:
-        full = torch.randn(FRAMES, C, SIZE, SIZE, generator=gen)
-        masked = full.clone()
-        masked[..., SIZE // 2:, :] = 0
-        write_video_folder(root / "data" / name, full, masked, np.arange(FRAMES),
-                           {"image_size": 4 * SIZE, "codec": tiny_models["vae"]},
-                           features=torch.randn(2 * FRAMES - 1, DIM, generator=gen), model_id="tiny/wav2vec2")
-    (root / "filelists_lrs2").mkdir()
-    (root / "filelists_lrs2" / "train.txt").write_text("\n".join(names[:3]) + "\n")
-    (root / "filelists_lrs2" / "val.txt").write_text(names[3] + "\n")
-    return root
+    return write_latent_dataset(tmp_path_factory.mktemp("train"), tiny_models["vae"])
 
 
-def argv(workdir, max_steps, *extra):
-    return ["--data_root", str(workdir / "data"), "--dataset_name", "lrs2", "--batch_size", "2",
-            "--num_workers", "0", "--train_samples_per_epoch", "8", "--val_samples", "2",
-            "--max_steps", str(max_steps), "--val_check_interval", "3", "--warmup_steps", "1",
-            "--accumulate_grad_batches", "1", "--precision", "32-true", "--log_every_n_steps", "1",
-            "--output_dir", str(workdir / "runs"), *extra]
+argv = train_argv
 
 
 def run_folder(workdir, experiment, version):
@@ -377,6 +357,21 @@ def test_unet_audio_mismatch_is_one_line_before_training(workdir, tmp_path, monk
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 1 and "\n" not in err and "cross_attention_dim 16" in err
     assert not (tmp_path / "generator").exists()
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--output_dir", "{file}"], "--output_dir: {file} is a file, not a folder"),
+    (["--max_steps", "-1"], "--lr_schedule cosine needs a finite run")])
+def test_unusable_run_options_are_one_line_before_any_work(workdir, tmp_path, monkeypatch, capsys, options, message):
+    (tmp_path / "taken").write_text("")
+    monkeypatch.chdir(workdir)
+    filled = [option.format(file=tmp_path / "taken") for option in options]
+    with pytest.raises(SystemExit) as exit_info:
+        unet_syncnet_lightning.main(argv(workdir, 1, "--output_dir", str(tmp_path / "runs"), *filled))
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 1 and "\n" not in err, err
+    assert err.startswith("error: " + message.format(file=tmp_path / "taken")), err
+    assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.parametrize("precision, deepspeed, fused", [("32-true", False, True), ("bf16-mixed", False, False),

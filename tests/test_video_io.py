@@ -17,7 +17,8 @@ from lipsync.video_io import (
     probe_video,
     read_image,
 )
-from lipsync.video_writer import VideoWriter, write_video
+from lipsync.video_writer import VideoWriter, check_output_video, write_video
+
 from media import GRID, write_media
 
 SQUARE_STEP = 3  # pixels the synthetic square moves per source frame
@@ -130,6 +131,19 @@ def test_writer_leaves_nothing_on_exception(tmp_path):
             writer.write(np.zeros((48, 64, 3), dtype=np.uint8))
             raise RuntimeError("generator crashed")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name, message", [
+    ("out", "must end in .mp4, .mov, .m4v, .mkv, .avi"), ("out.webm", "must end in"),
+    ("a_file/out.mp4", "a_file is a file, not a folder"), ("a_file/deeper/out.mp4", "a_file is a file, not a folder"),
+    ("a_folder.mp4", "is a folder")])
+def test_output_video_is_checked_without_writing_anything(tmp_path, name, message):
+    (tmp_path / "a_file").write_text("")
+    (tmp_path / "a_folder.mp4").mkdir()
+    with pytest.raises(UserError, match=message):
+        check_output_video(tmp_path / name)
+    check_output_video(tmp_path / "new" / "folders" / "out.MP4")  # a folder still to be made is fine
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "a_folder.mp4"]
 
 
 def test_writer_rejects_wrong_frame_shape(tmp_path):

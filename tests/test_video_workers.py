@@ -12,6 +12,7 @@ from lipsync.errors import UserError
 from lipsync.video_io import iter_frames, iter_frames_by_index, pingpong_indices
 from lipsync.video_workers import VideoWriterProcess, iter_frames_by_index_in_process
 from lipsync.video_writer import VideoWriter
+
 from media import GRID
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.utilities.seed import pl_worker_init_function
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
 
 from lipsync import timing
 from lipsync.data.datasets import GeneratorDataset, SyncNetDataset, WindowDataset, check_compatible
@@ -41,21 +42,58 @@ def describe_video(video: VideoLatents) -> DataDescription:
                            image_size=int(meta["image_size"]))
 
 
-class EpochSampler(Sampler[int]):
-    """Indices 0..n-1 in order (every item is already random). Lightning calls set_epoch at each epoch (through
-    its DDP sampler wrapper too); it reaches the dataset's shared epoch counter."""
+class EpochSampler(DistributedSampler):
+    """This process's share of a training epoch, in index order (every item is already random): items rank,
+    rank + world_size, ..., as many for every process (the last few of an epoch are dropped). Being a
+    DistributedSampler, Lightning uses it as it is in multi-process runs. `set_epoch` (Lightning calls it at each
+    epoch) reaches the dataset's shared epoch counter; `skip` items are left out of the next pass only (resume)."""
 
-    def __init__(self, dataset: WindowDataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
+    def __init__(self, dataset: WindowDataset, num_replicas: int = 1, rank: int = 0):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=True)
+        self.skip = 0
 
     def __iter__(self):
-        return iter(range(len(self.dataset)))
+        indices = list(super().__iter__())[self.skip:]
+        self.skip = 0
+        return iter(indices)
 
     def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
         self.dataset.set_epoch(epoch)
+
+
+class ResumableLoader(DataLoader):
+    """The training DataLoader, resumable mid-epoch through the protocol Lightning saves in every checkpoint and
+    restores before the first batch of a resumed run (`state_dict` / `load_state_dict`, lightning_fabric's
+    `_Stateful`): the epoch and the number of batches of it this process has delivered. Items are drawn from
+    (seed, epoch, index) alone, so that position is the whole state: a resumed run sees the batches an
+    uninterrupted one would have seen (with the same number of processes; with another, each process goes on at
+    the same batch count, which is Lightning's own bookkeeping)."""
+
+    def __init__(self, dataset: WindowDataset, sampler: EpochSampler, **kwargs):
+        super().__init__(dataset, sampler=sampler, drop_last=True, **kwargs)
+        self.delivered = 0  # batches of the current pass handed out
+        self.resume_at = 0  # batches the next pass starts after (load_state_dict)
+
+    def __iter__(self):
+        self.sampler.skip = self.resume_at * self.batch_size
+        self.delivered, self.resume_at = self.resume_at, 0
+        return self._counted(super().__iter__())  # the workers start now, as for a plain DataLoader
+
+    def _counted(self, batches):
+        for batch in batches:
+            self.delivered += 1
+            yield batch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.sampler.epoch, "batches": self.delivered}
+
+    def load_state_dict(self, state: dict) -> None:
+        epoch, batches = int(state["epoch"]), int(state["batches"])
+        if batches >= len(self):  # saved after the epoch's last batch: the next one starts from its beginning
+            epoch, batches = epoch + 1, 0
+        self.sampler.set_epoch(epoch)  # before the workers start: they read the epoch when they draw
+        self.resume_at = batches
 
 
 class LatentDataModule(pl.LightningDataModule):
@@ -110,18 +148,24 @@ class LatentDataModule(pl.LightningDataModule):
             self.description = describe_video(video)
         return self.description
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset, sampler=EpochSampler(self.train_dataset), drop_last=True)
+    def train_dataloader(self) -> ResumableLoader:
+        """This process's share of the training epoch (one process when there is no trainer)."""
+        world_size, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        sampler = EpochSampler(self.train_dataset, num_replicas=world_size, rank=rank)
+        if len(sampler) < self.batch_size:
+            raise UserError(f"{len(self.train_dataset)} training samples per epoch give each of the {world_size} "
+                            f"processes fewer than one batch of {self.batch_size}")
+        return ResumableLoader(self.train_dataset, sampler, **self._loader_options())
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_dataset, shuffle=False)
+        return DataLoader(self.val_dataset, shuffle=False, **self._loader_options())
 
-    def _loader(self, dataset: WindowDataset, **kwargs) -> DataLoader:
+    def _loader_options(self) -> dict:
+        options = dict(batch_size=self.batch_size, num_workers=self.num_workers, pin_memory=torch.cuda.is_available())
         if self.num_workers > 0:
             gc.collect()  # no garbage left for the forked workers to inherit (see freeze_inherited_objects)
-            kwargs.update(worker_init_fn=freeze_inherited_objects, persistent_workers=True)
-        return DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers,
-                          pin_memory=torch.cuda.is_available(), **kwargs)
+            options.update(worker_init_fn=freeze_inherited_objects, persistent_workers=True)
+        return options
 
 
 def freeze_inherited_objects(worker_id: int) -> None:

@@ -6,7 +6,7 @@ Faces are cropped with the training recipe (lipsync.faces: RetinaFace, smoothed 
 the codec (posterior mean), cut into 5-frame windows; the speech goes through the same audio encoder and
 timing.syncnet_audio_window. Distances are Euclidean between the expert's unit-norm embeddings (in [0, sqrt 2]).
 
-    expert = load_expert("experiments/latent_syncnet_experiment/version_0/checkpoints/last.ckpt")
+    expert = load_expert("experiments/syncnet/version_0/checkpoints/last.ckpt")
     scores = expert_sync_scores(expert, "out.mp4")                 # the video's own audio track
     scores = expert_sync_scores(expert, "face.mp4", "speech.wav")  # or any speech; scores.offset / .confidence
 """

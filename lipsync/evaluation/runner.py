@@ -1,5 +1,6 @@
 """evaluate.py's work: score videos (this project's lip-synced outputs or any system's) with every metric, one row
-per video, cached per video so an interrupted run resumes, and the tables written at the end (lipsync.evaluation.report).
+per video, cached per video so an interrupted run resumes, and the tables written at the end
+(lipsync.evaluation.report).
 
     score_systems({"ours": generated_dir_or_paths, ...}, references, options) -> results dict
     generate(checkpoint, jobs, out_dir) -> paths of this project's outputs (lipsync.inference.lip_sync)
@@ -18,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +55,8 @@ class EvalOptions:
     def key(self) -> str:
         """What a cached row depends on (not the device, batch size or caching itself)."""
         fields = {k: v for k, v in asdict(self).items() if k not in ("device", "batch_size", "cache")}
-        return hashlib.sha256(json.dumps([CACHE_VERSION, fields], sort_keys=True, default=str).encode()).hexdigest()[:16]
+        key = json.dumps([CACHE_VERSION, fields], sort_keys=True, default=str)
+        return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -207,9 +209,9 @@ class Scorers:
 
             scorers.inception = load_inception(options.weights_dir, options.weights_check, device)
         if references and "csim" in metrics:
-            from lipsync.evaluation.identity import load_arcface
-
             import onnxruntime as ort
+
+            from lipsync.evaluation.identity import load_arcface
 
             scorers.arcface = load_arcface(options.weights_dir, options.weights_check)
             if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():

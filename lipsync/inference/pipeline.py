@@ -57,6 +57,7 @@ from lipsync.video_io import (
     read_image,
 )
 from lipsync.video_workers import VideoWriterProcess, iter_frames_by_index_in_process, start_worker, stop_worker
+from lipsync.video_writer import check_output_video
 
 
 @dataclass
@@ -248,6 +249,7 @@ def lip_sync(checkpoint, face, audio, outfile=DEFAULT_OUTFILE, **options) -> dic
     """
     opts = LipSyncOptions(**options)
     check_options(opts)
+    check_output_video(outfile)  # before any work: the writer process would report it at the first frame
     steps = Stopwatch()  # laps: the wall seconds of each step, in order (what a short clip's time goes to)
 
     source = open_face(face, opts.static, opts.fps, opts.resize_factor)

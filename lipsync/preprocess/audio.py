@@ -7,15 +7,21 @@ from tqdm import tqdm
 
 from lipsync.audio import load_audio
 from lipsync.audio_encoder import DEFAULT_AUDIO_ENCODER, AudioEncoder
-from lipsync.data.folder import AUDIO_FILE, FEATURES_FILE, META_FILE, features_model_id, write_features
+from lipsync.data.folder import (
+    AUDIO_FILE,
+    FEATURES_FILE,
+    META_FILE,
+    features_model_id,
+    find_video_folders,
+    write_features,
+)
 from lipsync.errors import UserError
-from lipsync.files import walk
 from lipsync.preprocess.report import Outcome, attempt
 
 
 def find_dataset_folders(data_root) -> list[Path]:
-    """Video folders of a dataset that the video stage finished (holding meta.json, its last file), sorted."""
-    return [folder for folder, files in walk(data_root) if META_FILE in files]
+    """Video folders of a dataset that the video stage finished (meta.json is its last file), sorted."""
+    return [Path(data_root) / folder for folder in find_video_folders(data_root)]
 
 
 def encode_folder_audio(encoder: AudioEncoder, folder: Path, name: str, overwrite: bool = False) -> Outcome:

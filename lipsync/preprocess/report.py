@@ -13,7 +13,7 @@ class Outcome:
     """What happened to one video (or dataset folder): status is "done", "skipped" or "failed"."""
     name: str  # path relative to the root it was found under
     status: str
-    message: str = ""  # one line; why it failed
+    message: str = ""  # one line: why it failed, or a warning about a done one
     frames: int = 0  # 25-fps frames decoded (video stage)
     detect_s: float = 0.0  # seconds spent waiting for the boxes (probe, audio, first decode pass, detection)
     total_s: float = 0.0  # seconds of the worker's time
@@ -31,7 +31,7 @@ def attempt(name: str, work: Callable[[], Outcome]) -> Outcome:
 
 
 def summarize(outcomes: list[Outcome], noun: str) -> str:
-    """Counts, throughput when frames were processed, then one line per failure."""
+    """Counts, throughput when frames were processed, then one line per warning and per failure."""
     counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
     lines = [f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed "
              f"(of {len(outcomes)} {noun})"]
@@ -41,5 +41,6 @@ def summarize(outcomes: list[Outcome], noun: str) -> str:
         detect = sum(o.detect_s for o in outcomes if o.status == "done")
         lines[0] += (f"; {frames} frames in {seconds:.1f} s ({frames / seconds:.1f} frames/s per worker, "
                      f"waiting for detection {100 * detect / seconds:.0f} %)")
+    lines += [f"  warning  {o.name}: {o.message}" for o in outcomes if o.status == "done" and o.message]
     lines += [f"  failed  {o.name}: {o.message}" for o in outcomes if o.status == "failed"]
     return "\n".join(lines)

@@ -26,11 +26,11 @@ from lipsync.audio import load_audio
 from lipsync.data.folder import is_finished, write_video_folder
 from lipsync.errors import UserError
 from lipsync.faces import FaceDetector, crop_faces, face_boxes
-from lipsync.files import walk
+from lipsync.files import check_writable_folder, walk
 from lipsync.iterables import background, batched
 from lipsync.latent_codec import DEFAULT_CODEC, LatentCodec, mask_lower_half, padded_call, uint8_to_model
 from lipsync.preprocess.report import Outcome, attempt
-from lipsync.video_io import iter_frames, probe_video
+from lipsync.video_io import VideoInfo, iter_frames, probe_video
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".mkv", ".avi", ".mpg", ".mpeg", ".webm"})
 
@@ -150,6 +150,9 @@ class VideoPreprocessor:
                                   pads=s.pads, smooth=s.smooth, box=s.box)
         if not found.any():
             raise UserError(f"no face found in any of its {len(found)} frames at {s.fps:g} fps")
+        if found.sum() < timing.SYNCNET_T:
+            raise UserError(f"too short to train on: a face in {found.sum()} of its {len(found)} frames at "
+                            f"{s.fps:g} fps, and a training window is {timing.SYNCNET_T} frames")
         return info, audio, boxes, found
 
     def _second_pass(self, job: VideoJob, first: tuple | Exception) -> Outcome:
@@ -166,6 +169,7 @@ class VideoPreprocessor:
             "source_fps": info.fps,
             "fps": s.fps,
             "num_frames": len(found),  # at `fps`; rows of the latents = num_frames - len(dropped_frames)
+            "header_frames": expected_frames(info, s.fps),  # what the file's header promises, at `fps`
             "dropped_frames": np.flatnonzero(~found).tolist(),
             "image_size": s.image_size,
             "codec": s.codec,
@@ -181,7 +185,7 @@ class VideoPreprocessor:
             "code_version": code_version(),
         }
         write_video_folder(job.out_dir, full, masked, frame_index, meta, audio=audio)
-        return Outcome(job.name, "done", frames=len(found))
+        return Outcome(job.name, "done", truncation_note(info, len(found), s.fps), frames=len(found))
 
     @torch.inference_mode()
     def _encode(self, video: Path, boxes: np.ndarray, found: np.ndarray):
@@ -218,9 +222,25 @@ class VideoPreprocessor:
         return full, masked, frame_index
 
 
+def expected_frames(info: VideoInfo, fps: float) -> int:
+    """Frames the header of a video promises at `fps`."""
+    return round(info.num_frames * fps / info.fps)
+
+
+def truncation_note(info: VideoInfo, decoded: int, fps: float) -> str:
+    """A warning when fewer frames decode than the header promises (a truncated or damaged file: its decodable
+    start is kept), else "". Header estimates can be off by a frame or two."""
+    expected = expected_frames(info, fps)
+    if expected - decoded <= max(2, 0.005 * expected):
+        return ""
+    return (f"truncated or damaged: its header promises {expected} frames at {fps:g} fps, {decoded} decode "
+            f"(kept: {decoded / fps:.1f} of {expected / fps:.1f} s)")
+
+
 def preprocess_videos(data_root, output_root, settings: VideoSettings, devices: list[str], num_workers: int = 1,
                       shard: tuple[int, int] = (0, 1)) -> list[Outcome]:
     """Every video of data_root (this shard) -> its dataset folder; finished folders are skipped."""
+    check_writable_folder(output_root, "--output_root")
     videos = find_videos(data_root)
     if not videos:
         raise UserError(f"no videos ({' '.join(sorted(VIDEO_EXTENSIONS))}) under {data_root}")

@@ -4,7 +4,8 @@
     optim.py             AdamW + warm-up / cosine schedule
     run.py               a run: defaults, seeding, data module, trainer, run folder, checkpoints, resume
     progress.py          the progress bar (losses shown without waiting for the GPU)
-    zero.py              DeepSpeed ZeRO-2 strategies (GPU, and one CPU process for CI): every private hook
+    zero.py              DeepSpeed ZeRO-2 strategies (GPUs, and CPU processes for CI), whole-folder checkpoints,
+                         resuming on another number of processes: every private hook
     syncnet_module.py    LightningModule of the expert
     generator_module.py  LightningModule of the generator
 """

@@ -153,4 +153,5 @@ class GeneratorModule(pl.LightningModule):
         return self.codec
 
     def configure_optimizers(self):
-        return configure_adamw(self.unet, self.optim, self.trainer.estimated_stepping_batches, self.trainer)
+        return configure_adamw(self.unet, self.optim, lambda: self.trainer.estimated_stepping_batches,
+                               self.trainer)

@@ -36,17 +36,21 @@ def add_trainer_args(parser: argparse.ArgumentParser) -> None:
                    help="int: validate every N training batches; float: fraction of an epoch")
     g.add_argument("--accumulate_grad_batches", type=int, default=1)
     g.add_argument("--gradient_clip_val", type=float, default=1.0)
-    g.add_argument("--devices", type=devices, default="auto")
+    g.add_argument("--devices", type=devices, default="auto",
+                   help="processes (GPUs) per node; auto: every GPU, or one CPU process (README: several machines)")
     g.add_argument("--num_nodes", type=int, default=1)
     g.add_argument("--precision", choices=["32-true", "bf16-mixed", "bf16-true", "16-mixed"], default=None,
                    help="default: bf16-mixed on CUDA, 32-true on CPU")
     g.add_argument("--strategy", choices=["deepspeed_stage_2", "ddp", "auto"], default="deepspeed_stage_2",
-                   help="deepspeed_stage_2 runs ZeRO-2 on GPUs and on a CPU-only machine (one process); ddp on "
-                        "one device runs Lightning's single-device strategy; default: %(default)s")
+                   help="deepspeed_stage_2 runs ZeRO-2 on GPUs, and on CPU processes on a CPU-only machine; ddp "
+                        "on one device runs Lightning's single-device strategy; default: %(default)s")
     g.add_argument("--seed", type=int, default=1234)
     g.add_argument("--output_dir", default="experiments", help="run folders go to <output_dir>/<experiment>/")
-    g.add_argument("--ckpt", default=None, help="resume: a .ckpt file or a DeepSpeed checkpoint folder")
-    g.add_argument("--save_top_k", type=int, default=3)
+    g.add_argument("--ckpt", default=None,
+                   help="resume (mid-epoch too): a .ckpt file or a DeepSpeed checkpoint folder, from any number of "
+                        "processes")
+    g.add_argument("--save_top_k", type=int, default=3,
+                   help="checkpoints kept by the validation metric (last.ckpt is written at every validation)")
     g.add_argument("--log_every_n_steps", type=int, default=50)
     g.add_argument("--wandb", action="store_true", help="also log to Weights & Biases")
 

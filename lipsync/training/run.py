@@ -14,10 +14,14 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+from pytorch_lightning.strategies import DeepSpeedStrategy
 
 from lipsync.checkpoint import decode_model_card, read_checkpoint
 from lipsync.data.module import LatentDataModule
 from lipsync.errors import UserError
+from lipsync.files import atomic_path, check_writable_folder, recover
+from lipsync.training.optim import COSINE_NEEDS_FINITE_RUN
 from lipsync.training.progress import progress_bar
 from lipsync.training.zero import CPUDeepSpeedStrategy, ZeroStage2Strategy
 
@@ -70,6 +74,9 @@ def resolve_args(args) -> None:
         # Lightning's single-device strategy: DDP with one process would only copy every gradient into its
         # all-reduce buckets (BENCHMARKS.md, demo)
         args.strategy = "auto"
+    if args.lr_schedule == "cosine" and args.max_steps == -1 and args.max_epochs == -1:
+        raise UserError(COSINE_NEEDS_FINITE_RUN)
+    check_writable_folder(args.output_dir, "--output_dir")  # not after the models are built and the data read
     if args.wandb:
         try:
             import wandb  # noqa: F401
@@ -90,9 +97,7 @@ def _strategy(args):
         return args.strategy
     if torch.cuda.is_available():
         return ZeroStage2Strategy()
-    if args.devices not in ("auto", 1) or args.num_nodes != 1:
-        raise UserError("DeepSpeed on a CPU-only machine runs one process: use --devices 1 --num_nodes 1")
-    return CPUDeepSpeedStrategy()
+    return CPUDeepSpeedStrategy(processes=1 if args.devices in ("auto", -1) else args.devices)
 
 
 def run_dir(trainer: pl.Trainer) -> Path:
@@ -116,21 +121,40 @@ class RunOptions(Callback):
         checkpoint["options"] = self.options
 
 
-class LastCheckpointAtEnd(Callback):
-    """last.ckpt always holds the final state: Lightning skips its end-of-fit save of last.ckpt once one was
-    written during the fit, so a run ending between validations would keep a stale one."""
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoint files written under a temp name and renamed (lipsync.files.atomic_path): a run killed while it
+    writes last.ckpt leaves the previous one. (Lightning's own write goes through a temp file in the system's
+    temp folder, moved over the checkpoint: a copy, not a rename, where that is another file system.) DeepSpeed's
+    checkpoint folders: ZeroStage2Strategy.save_checkpoint."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
+
+
+class LastCheckpoint(Callback):
+    """checkpoints/last.ckpt: the state at every validation and at the end of training, what --ckpt resumes from.
+    Lightning's own save_last (2.6) writes last.ckpt only at a validation that also wrote a top-k checkpoint: once
+    the metric stops improving, last.ckpt would stay at the last improvement, and a killed run would resume
+    from there."""
 
     def __init__(self, checkpoints: ModelCheckpoint):
-        self.checkpoints = checkpoints
-        self.saved_step: int | None = None  # global step of the last checkpoint written, whichever file
+        self.checkpoints = checkpoints  # whose folder (resolved by Lightning at setup) last.ckpt goes to
+        self.saved_step: int | None = None
 
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
-        self.saved_step = trainer.global_step
+    def on_validation_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self.save(trainer)
 
     def on_train_end(self, trainer, pl_module):
+        self.save(trainer)
+
+    def save(self, trainer) -> None:
         if self.saved_step != trainer.global_step:
             name = ModelCheckpoint.CHECKPOINT_NAME_LAST + ModelCheckpoint.FILE_EXTENSION
             trainer.save_checkpoint(Path(self.checkpoints.dirpath) / name)
+            self.saved_step = trainer.global_step
 
 
 def make_trainer(args, experiment_name: str, monitor: str, filename: str, mode: str = "min") -> pl.Trainer:
@@ -140,23 +164,25 @@ def make_trainer(args, experiment_name: str, monitor: str, filename: str, mode: 
     if args.wandb:
         from pytorch_lightning.loggers import WandbLogger
         loggers.append(WandbLogger(project=experiment_name, save_dir=args.output_dir))
-    checkpoints = ModelCheckpoint(monitor=monitor, mode=mode, save_top_k=args.save_top_k, save_last=True,
-                                  filename=filename, auto_insert_metric_name=False)
+    checkpoints = ModelCheckpoint(monitor=monitor, mode=mode, save_top_k=args.save_top_k, filename=filename,
+                                  auto_insert_metric_name=False)
     step_interval = isinstance(args.val_check_interval, int)
+    strategy = _strategy(args)
     return pl.Trainer(
-        accelerator="auto", devices=args.devices, num_nodes=args.num_nodes, strategy=_strategy(args),
+        accelerator="auto", devices=args.devices, num_nodes=args.num_nodes, strategy=strategy,
+        plugins=[] if isinstance(strategy, DeepSpeedStrategy) else [AtomicCheckpointIO()],
         precision=args.precision, max_steps=args.max_steps, max_epochs=args.max_epochs,
         val_check_interval=args.val_check_interval,
         check_val_every_n_epoch=None if step_interval else 1,  # int intervals count batches across epochs
         accumulate_grad_batches=args.accumulate_grad_batches, gradient_clip_val=args.gradient_clip_val,
         log_every_n_steps=args.log_every_n_steps, logger=loggers,
-        callbacks=[checkpoints, LastCheckpointAtEnd(checkpoints), LearningRateMonitor(logging_interval="step"),
+        callbacks=[checkpoints, LastCheckpoint(checkpoints), LearningRateMonitor(logging_interval="step"),
                    RunOptions(vars(args)), progress_bar()])
 
 
 def check_resume(path, module: pl.LightningModule) -> None:
     """--ckpt must exist and hold the same model (same model card) as the one this run builds."""
-    path = Path(path)
+    path = recover(path)  # a checkpoint folder whose replacement was cut short between its two renames
     if not path.exists():
         raise UserError(f"--ckpt {path} not found")
     states = path / "checkpoint" / "mp_rank_00_model_states.pt"  # ZeRO folder: read the card, skip the merge

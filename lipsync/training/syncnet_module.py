@@ -54,4 +54,5 @@ class SyncNetModule(pl.LightningModule):
         self._step(batch, "val")
 
     def configure_optimizers(self):
-        return configure_adamw(self.syncnet, self.optim, self.trainer.estimated_stepping_batches, self.trainer)
+        return configure_adamw(self.syncnet, self.optim, lambda: self.trainer.estimated_stepping_batches,
+                               self.trainer)

@@ -4,15 +4,19 @@ where a hooked method or attribute is missing, the strategy warns once and runs 
 (the same training, only slower), so a version bump breaks nothing silently.
 
 - `ZeroStage2Strategy`: Lightning's DeepSpeed ZeRO-2 with a cheaper step on the host (DeepSpeed's throughput timer
-  off; in one process no overlap of gradient reduction with backward; the two step changes below). Overrides
-  Lightning's private `_format_config` and `_setup_model_and_optimizer`.
+  off; in one process no overlap of gradient reduction with backward; the two step changes below), checkpoint
+  folders replaced whole (a kill while one is written leaves the previous one), and resumable by another number
+  of processes (through DeepSpeed's universal checkpoint; sets the engine's private `_config` for the load).
+  Overrides Lightning's private `_format_config` and `_setup_model_and_optimizer`, and the public
+  `save_checkpoint` / `load_checkpoint`.
 - `fuse_zero_gradient_checks`: the optimizer step's per-tensor inf/NaN checks and clipping norms as multi-tensor
   norms (replaces `get_grad_norm_direct`, `has_overflow_partitioned_grads_serial` on the optimizer instance).
 - `decide_overflow_on_device`: in bf16 the skip-this-step decision stays on the GPU (replaces
   `unscale_and_clip_grads`, turns off `check_grad_overflow`; hands the verdict to torch's fused AdamW as
   `found_inf`, the contract torch's GradScaler uses).
-- `CPUDeepSpeedStrategy`: the same ZeRO-2 code path on a CPU-only machine (one process, gloo): what CI trains
-  with. Skips Lightning's CUDA-only check and DeepSpeed's JIT build of a shared-memory op one process never uses.
+- `CPUDeepSpeedStrategy`: the same ZeRO-2 code path on a CPU-only machine (gloo, one or more processes): what CI
+  trains with. Skips Lightning's CUDA-only check and DeepSpeed's JIT build of a shared-memory op training never
+  uses.
 
 LIPSYNC_DEEPSPEED_STEP=stock turns the two step changes off (for A/B benchmarks).
 """
@@ -20,10 +24,16 @@ from __future__ import annotations
 
 import importlib
 import os
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import torch
 from pytorch_lightning.strategies import DDPStrategy, DeepSpeedStrategy
+from pytorch_lightning.utilities import rank_zero_info
+
+from lipsync.files import atomic_path, recover, remove, replace, temp_path
 
 # what the two step changes read or replace on DeepSpeed's ZeRO-1/2 optimizer (checked before use)
 _OPTIMIZER_MEMBERS = ("get_grad_norm_direct", "has_overflow_partitioned_grads_serial", "averaged_gradients",
@@ -66,14 +76,62 @@ class ZeroStage2Strategy(DeepSpeedStrategy):
             decide_overflow_on_device(zero_optimizer)
         return engine, zero_optimizer
 
+    def save_checkpoint(self, checkpoint: dict, filepath, storage_options=None) -> None:
+        """DeepSpeed writes a checkpoint folder file by file (each process its shards), over the previous one: a
+        kill meanwhile would leave a folder mixing two steps, or a truncated file. Here every process writes into
+        the folder's temp name, and once all have, it replaces the previous folder (`lipsync.files.replace`: a
+        kill at any point leaves a complete one). Global rank zero swaps, as Lightning deletes checkpoints: the
+        checkpoint folder must be on a file system all nodes share."""
+        filepath = Path(self.broadcast(str(filepath)))
+        tmp = temp_path(filepath)
+        if self.is_global_zero:
+            recover(filepath)
+            remove(tmp)  # a leftover of a killed run
+        self.barrier("checkpoint: temp folder cleared")
+        super().save_checkpoint(checkpoint, tmp, storage_options)
+        self.barrier("checkpoint: every shard written")
+        if self.is_global_zero:
+            replace(tmp, filepath)
+        self.barrier("checkpoint: in place")
+
+    def load_checkpoint(self, checkpoint_path, weights_only=None) -> dict:
+        """Resume a ZeRO checkpoint, also one written by another number of processes. DeepSpeed's ZeRO-1/2 refuses
+        to re-partition optimizer state ("Automatic adjustment of ZeRO's optimizer state partitioning with a new
+        world size is not currently supported", `DeepSpeedEngine._load_zero_checkpoint`); its universal checkpoint
+        format can: global rank zero converts the folder with DeepSpeed's `ds_to_universal` into a hidden sibling,
+        every process loads that, and it is deleted again."""
+        saved = zero_world_size(checkpoint_path)
+        if saved is None or saved == self.world_size:
+            return super().load_checkpoint(checkpoint_path, weights_only)
+        universal, failed = universal_path(checkpoint_path), None
+        if self.is_global_zero:
+            rank_zero_info(f"{checkpoint_path} was written by {saved} processes, this run has {self.world_size}: "
+                           f"loading it through DeepSpeed's universal checkpoint format")
+            try:
+                write_universal_checkpoint(checkpoint_path, universal)
+            except RuntimeError as err:  # every process must hear of it, or the others wait here forever
+                failed = str(err)
+        failed = self.broadcast(failed)
+        if failed:
+            raise RuntimeError(failed)
+        self.deepspeed_engine._config.load_universal_checkpoint = True  # DeepSpeed reads it at load time only
+        try:
+            return super().load_checkpoint(universal, weights_only)
+        finally:
+            self.deepspeed_engine._config.load_universal_checkpoint = False
+            self.barrier("universal checkpoint loaded")
+            if self.is_global_zero:
+                remove(universal)
+
 
 class CPUDeepSpeedStrategy(ZeroStage2Strategy):
-    """ZeroStage2Strategy on one CPU process (gloo), so CI runs the exact DeepSpeed code path (sharded checkpoint
-    folders, zero_to_fp32.py) that GPU training uses."""
+    """ZeroStage2Strategy on CPU processes (gloo; `processes` per node), so CI runs the exact DeepSpeed code path
+    (ZeRO-2 sharding over processes, sharded checkpoint folders, zero_to_fp32.py) that GPU training uses."""
 
-    def __init__(self, **kw):
+    def __init__(self, processes: int = 1, **kw):
         kw.setdefault("process_group_backend", "gloo")
-        kw.setdefault("parallel_devices", [torch.device("cpu", 0)])  # an index is required by DeepSpeed
+        # one device per local process, each with an index (DeepSpeed reads its local rank from it)
+        kw.setdefault("parallel_devices", [torch.device("cpu", i) for i in range(processes)])
         skip_shared_memory_op_build()
         super().__init__(**kw)
 
@@ -81,9 +139,43 @@ class CPUDeepSpeedStrategy(ZeroStage2Strategy):
         DDPStrategy.setup_environment(self)  # skips DeepSpeedStrategy's CUDAAccelerator check
 
 
+ZERO_TAG = "checkpoint"  # the tag Lightning's DeepSpeedStrategy saves under: <folder>/checkpoint/*.pt
+
+
+def zero_world_size(folder) -> int | None:
+    """The number of data-parallel processes that wrote a ZeRO checkpoint folder (None: not a ZeRO folder)."""
+    states = Path(folder) / ZERO_TAG / "mp_rank_00_model_states.pt"
+    if not states.is_file():
+        return None
+    return int(torch.load(states, map_location="cpu", weights_only=False, mmap=True)["dp_world_size"])
+
+
+def universal_path(folder) -> Path:
+    """Where the universal form of a ZeRO checkpoint folder goes: `last.ckpt` -> `.last.universal.ckpt`."""
+    folder = Path(folder)
+    return folder.with_name(f".{folder.stem}.universal{folder.suffix}")
+
+
+def write_universal_checkpoint(folder, out) -> Path:
+    """Convert a ZeRO-1/2 checkpoint folder into DeepSpeed's universal checkpoint (loadable by any number of
+    processes with the engine's `load_universal_checkpoint`): DeepSpeed's `ds_to_universal` run on it, then the
+    `latest_universal` file naming its tag. `--inject_missing_state`: the folder lacks the Megatron-style layout
+    description (`universal_checkpoint_info`), which a plain data-parallel model does not need."""
+    folder, out = Path(folder), Path(out)
+    with atomic_path(out) as tmp:
+        command = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
+                   str(folder / ZERO_TAG), "--output_folder", str(tmp / ZERO_TAG), "--inject_missing_state"]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"DeepSpeed's ds_to_universal failed on {folder}:\n{done.stdout}{done.stderr}")
+        (tmp / "latest_universal").write_text(ZERO_TAG)
+    return out
+
+
 def skip_shared_memory_op_build() -> None:
     """DeepSpeed's CPU accelerator JIT-compiles a shared-memory collective op at its first init (tens of seconds
-    of C++ compilation), which a one-process run never uses: report it as unavailable instead. (importlib: a plain
+    of C++ compilation), which training never uses (only DeepSpeed-inference's `inference_all_reduce` calls it;
+    ZeRO's collectives go through torch.distributed): report it as unavailable instead. (importlib: a plain
     `import deepspeed.comm.torch as m` binds the real torch package.)"""
     comm = importlib.import_module("deepspeed.comm.torch")
     if hasattr(comm, "build_shm_op"):
