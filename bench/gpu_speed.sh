@@ -99,6 +99,7 @@ train() {
   local batch=$1; shift
   local at=45 window=2 steps=48 workers=4
   [ "$batch" -ge 8 ] && { at=17; window=0; steps=18; }
+  case " $* " in *" reduce-overhead "*) window=0 ;; esac   # no profiler around CUDA graph replays
   [ "$tiny" = 1 ] && { at=7; window=0; steps=8; workers=0; }
   (cd "$TRAIN_WORK" && LIPSYNC_CACHE_DIR="$work/cache_train" "$py" "$root/bench/bench_train_step.py" \
     --profile_at $at --window $window --quick -- --data_root "$TRAIN_DATA" --dataset_name smoke \
