@@ -43,3 +43,44 @@ def test_gpu_idle_is_split_by_the_main_threads_phase_and_annotations_are_not_gpu
     shares = {label.split(" (")[0]: ms for label, ms in by_class.items()}
     assert shares == pytest.approx({"attention": 0.4, "convolution": 0.1, "compiled fused kernels": 0.25})
     assert "deepspeed:forward" not in by_name
+
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "bench" / "gpu_speed.sh"
+
+
+def run_gpu_speed(out, work, **env):
+    """bench/gpu_speed.sh in its tiny CPU mode (the GRID clip and its own speech)."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, GPU_SPEED_TINY="1", GPU_SPEED_CLIP=str(ROOT / "tests/data/grid_lwbsza.mpg"),
+               GPU_SPEED_SPEECH=str(ROOT / "tests/data/grid_lwbsza.mpg"), GPU_SPEED_WORK=str(work),
+               PYTHON=sys.executable, DS_ACCELERATOR="cpu", **env)
+    return subprocess.run(["bash", str(SCRIPT), str(out)], env=env, capture_output=True, text=True, timeout=900)
+
+
+def test_gpu_speed_script_skips_what_does_not_fit_before_its_deadline(tmp_path):
+    done = run_gpu_speed(tmp_path / "out", tmp_path / "work", GPU_SPEED_DEADLINE_S="0")
+    assert done.returncode == 1 and "prep: skipped" in done.stdout and "prep failed or was not run" in done.stdout
+
+
+def test_gpu_speed_script_runs_its_python_parts_and_prints_the_table(tmp_path):
+    """The tiny CPU run of the GPU benchmark: data and models written, the training script timed through
+    bench_train_step.py (ZeRO-2 on the CPU), unet_inference.py timed from process start to file, the table."""
+    out = tmp_path / "out"
+    done = run_gpu_speed(out, tmp_path / "work", GPU_SPEED_PIECES="prep train_b2_fast infer_default",
+                         GPU_SPEED_DEADLINE_S="800")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    table = (out / "table.md").read_text()
+    rows = {}
+    for line in table.splitlines():
+        if line.startswith("| "):
+            rows.setdefault(line.split(" | ")[0].lstrip("| "), line)  # training: the batch-2 row comes first
+    eager = rows["this project, eager, ZeRO-2 with lipsync's step (default)"]
+    assert eager.split(" | ")[1] == "2" and float(eager.split(" | ")[2]) > 0  # ms/step measured
+    assert "skipped" in rows["reference (DDP, fp16 autocast, optimizer step every 4th micro-batch)"]
+    default = rows["this project, default flags, no compile cache (a bare machine)"]
+    assert float(default.split(" | ")[1]) > 0 and "74 frames" in default and "generate_and_write" in default
+    assert (out / "train_b2_fast.rc").read_text().strip() == "0"
