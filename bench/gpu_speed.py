@@ -25,23 +25,22 @@ import re
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from lipsync import model_zoo, timing  # noqa: E402
-from lipsync.checkpoint import encode_model_card  # noqa: E402
-from lipsync.data.filelists import make_filelists  # noqa: E402
-from lipsync.data.folder import write_video_folder  # noqa: E402
-from models.syncnet import SyncNet, SyncNetConfig  # noqa: E402
-from models.unet import AUDIO_POSITIONS, build_unet  # noqa: E402
-
 VIDEOS, FRAMES = 6, 40  # training dataset: 6 speakers x 40 frames (4 train, 1 val, 1 test)
 
 
 def write_training_inputs(work: Path, latent: int, dim: int, codec: str, image_size: int) -> dict:
     """A random latent dataset, its filelists_smoke/ (in `work`: run the script from there) and an expert."""
+    import numpy as np
+    import torch
+
+    from lipsync import timing
+    from lipsync.checkpoint import encode_model_card
+    from lipsync.data.filelists import make_filelists
+    from lipsync.data.folder import write_video_folder
+    from models.syncnet import SyncNet, SyncNetConfig
+
     rng = np.random.default_rng(0)
     root = work / "latents"
     for v in range(VIDEOS):
@@ -63,6 +62,11 @@ def write_training_inputs(work: Path, latent: int, dim: int, codec: str, image_s
 
 def write_generator(work: Path, config: dict, vae: Path, w2v: Path, image_size: int, latent: int) -> Path:
     """A generator checkpoint (Lightning layout: unet.* + model_card) with random weights."""
+    import torch
+
+    from lipsync.checkpoint import encode_model_card
+    from models.unet import AUDIO_POSITIONS, build_unet
+
     config = dict(config, sample_size=latent)
     torch.manual_seed(0)
     unet = build_unet(config)
@@ -87,6 +91,8 @@ def first_frame_box(clip) -> str:
 
 
 def prep(args) -> None:
+    from lipsync import model_zoo
+
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     infer = work / "infer"
