@@ -132,6 +132,26 @@ def test_compiled_training_step_equals_the_eager_one(workdir, syncnet_run, tiny_
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(workdir / "cache" / "torch_compile")
 
 
+def test_generator_trains_under_zero2_with_the_compiled_unet_and_expert(workdir, syncnet_run, tiny_models,
+                                                                        monkeypatch):
+    """Two steps of --compile reduce-overhead through the script, DeepSpeed ZeRO-2 and its gradient hooks on the
+    compiled backward included, then a checkpoint folder (compiler backend aot_eager, as above)."""
+    compile_module = torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile",
+                        lambda module, *args, mode=None, **kw: compile_module(module, *args, backend="aot_eager", **kw))
+    monkeypatch.setenv("LIPSYNC_CACHE_DIR", str(workdir / "cache"))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "restored after the test")
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    monkeypatch.chdir(workdir)
+    expert = str(syncnet_run[1] / "checkpoints" / "last.ckpt")
+    trainer = unet_wav2lip_lightning.main(argv(workdir, 2, "--syncnet", expert, "--unet_ckpt", tiny_models["unet"],
+                                               "--sync_start_step", "0", "--compile", "reduce-overhead",
+                                               "--output_dir", str(workdir / "compiled_runs")))
+    assert trainer.global_step == 2 and torch.isfinite(trainer.callback_metrics["train/total"])
+    assert trainer.lightning_module.unet._compiled_call_impl is not None
+    assert list((workdir / "compiled_runs" / "generator").glob("version_*/checkpoints/last.ckpt/latest"))
+
+
 def test_generator_sync_switch_resume_frozen_expert_and_merge(workdir, syncnet_run, tiny_models, monkeypatch):
     expert_ckpt = str(syncnet_run[1] / "checkpoints" / "last.ckpt")
     experts = []
