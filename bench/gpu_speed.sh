@@ -159,6 +159,6 @@ echo
 echo
 echo "[$(elapsed)s] done"
 if [ -n "$skipped" ]; then
-  echo "skipped for time:$skipped"
+  echo "skipped:$skipped"
   echo "to run them in another call: GPU_SPEED_PIECES=\"install prep$skipped\" bash bench/gpu_speed.sh OUTDIR2"
 fi
