@@ -253,7 +253,6 @@ class StepProfile(Callback):
         for name, ms in r["by_name"].most_common(self.kernels):
             print(f"| {name[:90]} | {kernel_class(name).split(' (')[0]} | {ms:.2f} |")
 
-
     def report_op_counts(self) -> None:
         if self.op_counts is None:
             print("operations not counted: the counted window was not reached")
