@@ -3,8 +3,8 @@
     python unet_inference.py --checkpoint_path CKPT --face VIDEO_OR_IMAGE --audio AUDIO \
         [--outfile results/result_voice.mp4] [--static] [--fps 25] [--pads 0 10 0 0] [--box T B L R] \
         [--resize_factor 1] [--nosmooth] [--batch_size 16] [--ref_frame K] [--color_match] [--crf 18] \
-        [--preset veryfast] [--unet_config FOLDER] [--audio_encoder ID] [--codec ID] [--image_size N] \
-        [--device auto] [--compile] [--no_cuda_graph]
+        [--preset superfast] [--unet_config FOLDER] [--audio_encoder ID] [--codec ID] [--image_size N] \
+        [--device auto] [--compile [on|off|auto]] [--no_cuda_graph]
 
 The UNet config, audio encoder, codec and crop size come from the checkpoint's model card; the flags override
 them only when given. The work is lipsync.inference.lip_sync; this prints its summary.
@@ -21,6 +21,7 @@ from lipsync.inference import DEFAULT_OUTFILE, LipSyncOptions, format_summary, l
 from lipsync.video_writer import X264_PRESETS
 
 DEFAULTS = LipSyncOptions()
+COMPILE_CHOICES = {"on": True, "off": False, "auto": None}  # -> LipSyncOptions.compile
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -59,7 +60,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="override the checkpoint's latent codec (VAE: hub id or folder)")
     p.add_argument("--image_size", type=int, default=DEFAULTS.image_size, help="override the face crop size")
     p.add_argument("--device", default=DEFAULTS.device, help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--compile", action="store_true", help="torch.compile UNet and codec (CUDA; long inputs)")
+    p.add_argument("--compile", nargs="?", const="on", default="auto", choices=COMPILE_CHOICES,
+                   help="torch.compile UNet and codec (CUDA): 'auto' (default) where it pays: on long clips, and on "
+                        "short ones once this machine has compiled the same models (kernels kept on disk: "
+                        "lipsync/compile_cache.py); '--compile' alone = on")
     p.add_argument("--no_cuda_graph", dest="cuda_graph", action="store_false", default=DEFAULTS.cuda_graph,
                    help="launch every kernel from Python instead of replaying one recorded CUDA graph per batch")
     return p.parse_args(argv)
@@ -68,6 +72,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 @cli_entry
 def main(argv=None) -> dict:
     args = vars(parse_args(argv))
+    args["compile"] = COMPILE_CHOICES[args["compile"]]
     for library in (transformers, diffusers):  # our own bars and one-line errors only, no loading chatter
         library.utils.logging.set_verbosity_error()
         library.utils.logging.disable_progress_bar()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 
 from lipsync.checkpoint import check_unet_config, load_generator, load_syncnet
+from lipsync.compile_cache import use_persistent_compile_cache
 from lipsync.errors import UserError, cli_entry
 from lipsync.timing import VIDEO_FPS
 from lipsync.training.generator_module import GeneratorModule
@@ -21,6 +22,7 @@ from lipsync.training.run import check_card_matches_data, data_card, fit, start_
 from models.unet import AUDIO_POSITIONS
 
 EXPERIMENT = "generator"
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")  # torch.compile's inductor modes
 
 
 def parse_args(argv=None):
@@ -45,9 +47,12 @@ def parse_args(argv=None):
     p.add_argument("--gradient_checkpointing", action="store_true",
                    help="recompute UNet activations in backward: several times less memory per frame, slower; "
                         "for batches that do not fit otherwise (BENCHMARKS.md)")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the UNet in place (CUDA; ~1 min of compilation, then fused norms and "
-                        "activations: BENCHMARKS.md); checkpoints are the same")
+    p.add_argument("--compile", nargs="?", const="default", default=None, choices=COMPILE_MODES,
+                   help="torch.compile the UNet and the frozen expert in place (CUDA; ~1 min of compilation, kept "
+                        "on disk for later runs: lipsync/compile_cache.py), then fused norms and activations "
+                        "(BENCHMARKS.md); checkpoints are the same. 'reduce-overhead': also replay each forward and "
+                        "backward as CUDA graphs (a step then launches a few hundred kernels instead of thousands: "
+                        "for small batches, where launching is the limit)")
     add_trainer_args(p)
     p.set_defaults(batch_size=2, accumulate_grad_batches=4)
     return p.parse_args(argv)
@@ -60,12 +65,16 @@ def main(argv=None):
     init = load_generator(args.unet_ckpt)
     if args.gradient_checkpointing:
         init.unet.enable_gradient_checkpointing()
+    mode = None if args.compile in (None, "default") else args.compile
     if args.compile:  # nn.Module.compile: compiles on the first call, keeps the state_dict keys
-        init.unet.compile()
+        use_persistent_compile_cache()
+        init.unet.compile(mode=mode)
     check_unet_config(init.card["unet_config"], data.audio_dim, data.latent_channels)
     check_card_matches_data(init.card, data, args.unet_ckpt)
     path = args.syncnet_xl or args.syncnet
     expert = load_syncnet(path, expect_variant="xl" if args.syncnet_xl else None)
+    if args.compile:  # the expert's forward and backward run in every step too
+        expert.syncnet.compile(mode=mode)
     check_card_matches_data(expert.card, data, path)
     sync_config = expert.syncnet.config
     if (sync_config.T, sync_config.latent_channels) != (args.T, data.latent_channels):

@@ -10,18 +10,24 @@ per step, GPU busy (kernel and copy time over the window), GPU operations launch
 time (gaps between its operations) by the innermost host phase the main thread was in at each gap, and the GPU
 time by kernel class (attention, convolution, matmul, fused Triton, ...) and by kernel. Needs CUDA
 for the GPU columns; on a CPU it still runs the steps and reports the step time (a smoke run).
-Give --max_steps >= profile_at + window + 1 among ARGS.
+`--count_ops` (any device, meant for the CPU) counts instead, over the same window, the ATen operations that
+would each launch GPU work (views and bare allocations excluded), by the innermost annotated phase: what a GPU
+step launches, counted where no GPU is.
+Give --max_steps >= profile_at + window + 1 among ARGS. `--window 0`: no profiled window (step times only).
 """
 from __future__ import annotations
 
 import argparse
 import collections
+import os
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import deepspeed.runtime.engine as deepspeed_engine  # noqa: E402
@@ -35,6 +41,23 @@ from lipsync.training import run as training  # noqa: E402
 
 PHASES: set[str] = set()
 OUTSIDE = "(outside every annotated phase)"
+_ACTIVE = threading.local()  # .phases: the annotated phases this thread is inside, innermost last
+
+
+class _Phase:
+    """A profiler range called `label` that also marks the thread's current phase (for OpCounter)."""
+
+    def __init__(self, label: str):
+        self.label, self.range = label, torch.profiler.record_function(label)
+
+    def __enter__(self):
+        stack = _ACTIVE.__dict__.setdefault("phases", [])
+        stack.append(self.label)
+        self.range.__enter__()
+
+    def __exit__(self, *exc):
+        self.range.__exit__(*exc)
+        _ACTIVE.phases.pop()
 
 
 def annotate(owner, name: str, label: str) -> None:
@@ -42,11 +65,34 @@ def annotate(owner, name: str, label: str) -> None:
     function = getattr(owner, name)
 
     def annotated(*args, **kwargs):
-        with torch.profiler.record_function(label):
+        with _Phase(label):
             return function(*args, **kwargs)
 
     setattr(owner, name, annotated)
     PHASES.add(label)
+
+
+# ATen operations that launch no GPU work: bare allocations and metadata changes (views are told by their schema)
+_NO_KERNEL = {"aten::empty", "aten::empty_strided", "aten::empty_like", "aten::new_empty",
+              "aten::new_empty_strided", "aten::set_", "aten::resize_", "aten::lift_fresh", "aten::is_nonzero",
+              "aten::_has_compatible_shallow_copy_type", "aten::record_stream"}
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the ATen operations that would each launch GPU work (at least one kernel or copy; views and bare
+    allocations excluded), by the innermost annotated phase of the thread that runs them. On a CPU, autograd runs
+    the backward on the calling thread, so backward operations (DeepSpeed's gradient hooks included) count under
+    the phase that called backward()."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts: collections.Counter = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not func.is_view and func.name() not in _NO_KERNEL and func.namespace != "profiler":
+            stack = getattr(_ACTIVE, "phases", None)
+            self.counts[stack[-1] if stack else OUTSIDE] += 1
+        return func(*args, **(kwargs or {}))
 
 
 def annotate_lightning_hooks() -> None:
@@ -58,7 +104,7 @@ def annotate_lightning_hooks() -> None:
         def annotated(trainer, hook_name, *args, _function=function, _kind=kind, **kwargs):
             label = f"{_kind}:{hook_name}"
             PHASES.add(label)
-            with torch.profiler.record_function(label):
+            with _Phase(label):
                 return _function(trainer, hook_name, *args, **kwargs)
 
         setattr(lightning_call, dispatcher, annotated)
@@ -126,18 +172,42 @@ def gpu_time_by_kernel(events, window: int) -> tuple[collections.Counter, collec
 
 
 class StepProfile(Callback):
-    """Times every step; profiles steps [profile_at, profile_at + window)."""
+    """Times every step; profiles steps [profile_at, profile_at + window) (or counts their operations)."""
 
-    def __init__(self, profile_at: int, window: int, kernels: int = 15):
-        self.profile_at, self.window, self.kernels = profile_at, window, kernels
+    WARMUP = 5  # steps before the timed ones (compilation, cuDNN autotuning, CUDA graph recording)
+
+    def __init__(self, profile_at: int, window: int, kernels: int = 15, count_ops: bool = False,
+                 exit_after: bool = False):
+        self.profile_at, self.window, self.kernels, self.exit_after = profile_at, window, kernels, exit_after
         self.starts: list[float] = []
+        self.synced: dict[int, float] = {}  # step -> its start, taken once the GPU finished all queued work
         self.profiler = None
         self.result: dict | None = None
+        self.counter = OpCounter() if count_ops else None
+        self.op_counts: collections.Counter | None = None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        step = len(self.starts)
+        if step in (self.WARMUP, self.profile_at) and torch.cuda.is_available():
+            torch.cuda.synchronize()  # the host may run ahead of the GPU: the timed span ends with its work
+            self.synced[step] = time.perf_counter()
         self.starts.append(time.perf_counter())
-        step = len(self.starts) - 1
-        if step == self.profile_at:
+        if step == self.profile_at + self.window and self.exit_after:
+            self._finish_window(step)
+            self.report()
+            sys.stdout.flush()
+            os._exit(0)  # no end-of-fit checkpoint: the benchmark is done
+        self._finish_window(step)
+
+    def _finish_window(self, step: int) -> None:
+        if self.counter is not None:
+            if step == self.profile_at:
+                self.counter.__enter__()
+            if step == self.profile_at + self.window:
+                self.counter.__exit__(None, None, None)
+                self.op_counts = self.counter.counts
+            return
+        if step == self.profile_at and self.window > 0:
             activities = [torch.profiler.ProfilerActivity.CPU]
             if torch.cuda.is_available():
                 activities.append(torch.profiler.ProfilerActivity.CUDA)
@@ -153,12 +223,19 @@ class StepProfile(Callback):
             self.profiler = None
 
     def report(self) -> None:
-        steps = [b - a for a, b in zip(self.starts, self.starts[1:])][5:self.profile_at]  # after warm-up
+        steps = [b - a for a, b in zip(self.starts, self.starts[1:])][self.WARMUP:self.profile_at]
         if not steps:
             raise SystemExit("bench_train_step: too few steps: give --max_steps >= profile_at + window + 1")
         print(f"\nstep time, median of {len(steps)} unprofiled steps: {1e3 * statistics.median(steps):.1f} ms")
+        if len(self.synced) == 2:
+            mean = (self.synced[self.profile_at] - self.synced[self.WARMUP]) / (self.profile_at - self.WARMUP)
+            print(f"step time, mean of steps {self.WARMUP}-{self.profile_at - 1}, GPU work included: "
+                  f"{1e3 * mean:.1f} ms")
         if torch.cuda.is_available():
             print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+        if self.counter is not None:
+            self.report_op_counts()
+            return
         if not self.result:
             print("no GPU events (CPU run, or the profiled window was not reached): step time only")
             return
@@ -176,6 +253,17 @@ class StepProfile(Callback):
         for name, ms in r["by_name"].most_common(self.kernels):
             print(f"| {name[:90]} | {kernel_class(name).split(' (')[0]} | {ms:.2f} |")
 
+    def report_op_counts(self) -> None:
+        if self.op_counts is None:
+            print("operations not counted: the counted window was not reached")
+            return
+        total = sum(self.op_counts.values())
+        print(f"\noperations that would launch GPU work, per step (mean of {self.window} steps): "
+              f"{total / self.window:.0f}")
+        print("| innermost annotated phase | ops/step |\n|---|---|")
+        for phase, n in self.op_counts.most_common():
+            print(f"| {phase} | {n / self.window:.0f} |")
+
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
@@ -184,6 +272,11 @@ def main(argv=None):
     p.add_argument("--profile_at", type=int, default=25, help="first profiled step")
     p.add_argument("--window", type=int, default=4, help="profiled steps")
     p.add_argument("--kernels", type=int, default=15, help="list this many of the longest GPU kernels")
+    p.add_argument("--quick", action="store_true",
+                   help="no sanity validation before training, and exit as soon as the report is printed (no "
+                        "end-of-fit checkpoint)")
+    p.add_argument("--count_ops", action="store_true",
+                   help="count the window's operations by phase instead of profiling it (meant for the CPU)")
     args = p.parse_args(argv[:split])
     annotate(deepspeed_engine.DeepSpeedEngine, "forward", "deepspeed:forward")
     annotate(deepspeed_engine.DeepSpeedEngine, "backward", "deepspeed:backward")
@@ -192,12 +285,17 @@ def main(argv=None):
     annotate(generator_module.GeneratorModule, "expert_sync_loss", "sync loss")
     annotate(fetchers._PrefetchDataFetcher, "__next__", "data fetch")
     annotate_lightning_hooks()
-    profile = StepProfile(args.profile_at, args.window, args.kernels)
+    from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
+    annotate(DeepSpeedZeroOptimizer, "process_gradients", "zero: gradient hooks")
+    annotate(DeepSpeedZeroOptimizer, "independent_gradient_partition_epilogue", "zero: end of backward")
+    profile = StepProfile(args.profile_at, args.window, args.kernels, args.count_ops, exit_after=args.quick)
     make_trainer = training.make_trainer
 
     def make_profiled_trainer(*a, **kw):
         trainer = make_trainer(*a, **kw)
         trainer.callbacks.append(profile)
+        if args.quick:
+            trainer.num_sanity_val_steps = 0  # (compiled: the validation graphs would compile before the step's)
         return trainer
 
     training.make_trainer = make_profiled_trainer

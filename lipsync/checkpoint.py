@@ -150,8 +150,9 @@ def submodule_state(checkpoint: Checkpoint, prefix: str, source) -> dict:
     return dict(checkpoint.state_dict)
 
 
-def load_strict(module: torch.nn.Module, state: dict, source) -> None:
-    """load_state_dict(strict=True) with a one-line error that says what did not match."""
+def load_strict(module: torch.nn.Module, state: dict, source, assign: bool = False) -> None:
+    """load_state_dict(strict=True) with a one-line error that says what did not match. assign: the module's
+    tensors become the state's (for modules built on the meta device: `build_loaded`)."""
     expected = set(module.state_dict())
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
@@ -162,10 +163,21 @@ def load_strict(module: torch.nn.Module, state: dict, source) -> None:
             parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
         raise UserError(f"weights in {source} do not match the model config: {', '.join(parts)}")
     try:
-        module.load_state_dict(state, strict=True)
+        module.load_state_dict(state, strict=True, assign=assign)
     except RuntimeError as err:  # shape mismatches
         line = next((ln.strip() for ln in str(err).splitlines() if "size mismatch" in ln), str(err).splitlines()[0])
         raise UserError(f"weights in {source} do not match the model config: {line}") from None
+
+
+def build_loaded(build, state: dict, source) -> torch.nn.Module:
+    """`build()` with the weights of `state`, strictly, without first filling every parameter with random
+    values (an 80M-parameter UNet's initialisation costs more than loading it): the module is built on the meta
+    device and takes the state's tensors (floating ones as float32, the dtype a freshly built module has)."""
+    with torch.device("meta"):
+        module = build()
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    load_strict(module, state, source, assign=True)
+    return module
 
 
 def check_unet_config(config: dict, audio_hidden_size: int, latent_channels: int) -> None:
@@ -202,9 +214,10 @@ def load_generator(path, unet_config: dict | None = None) -> LoadedGenerator:
     if config is None:
         raise UserError(f"{path} does not say which UNet it holds (no model card): pass --unet_config FOLDER")
     card["unet_config"] = {k: v for k, v in config.items()}
-    unet = build_unet(config)
-    if checkpoint.kind != "diffusers" or checkpoint.state_dict:  # a config-only diffusers folder = random init
-        load_strict(unet, submodule_state(checkpoint, "unet", path), path)
+    if checkpoint.kind == "diffusers" and not checkpoint.state_dict:  # a config-only diffusers folder: random init
+        unet = build_unet(config)
+    else:
+        unet = build_loaded(lambda: build_unet(config), submodule_state(checkpoint, "unet", path), path)
     return LoadedGenerator(unet, card, checkpoint.kind)
 
 
@@ -228,6 +241,5 @@ def load_syncnet(path, expect_variant: str | None = None) -> LoadedSyncNet:
     if expect_variant and config.variant != expect_variant:
         flag = "--syncnet_xl" if config.variant == "xl" else "--syncnet"
         raise UserError(f"{path} holds a '{config.variant}' SyncNet, not '{expect_variant}': pass it with {flag}")
-    syncnet = SyncNet(config)
-    load_strict(syncnet, submodule_state(checkpoint, "syncnet", path), path)
+    syncnet = build_loaded(lambda: SyncNet(config), submodule_state(checkpoint, "syncnet", path), path)
     return LoadedSyncNet(syncnet.eval().requires_grad_(False), card, checkpoint.kind)

@@ -10,6 +10,7 @@ import torch
 from diffusers import AutoencoderKL
 
 from lipsync.codec_upsample import use_subpixel_upsampling
+from lipsync.compile_cache import use_persistent_compile_cache
 from lipsync.errors import UserError
 
 DEFAULT_CODEC = "stabilityai/sd-vae-ft-mse"
@@ -86,6 +87,7 @@ class LatentCodec(torch.nn.Module):
         """torch.compile encoder and decoder (CUDA) in the layout that compiles best (use_compiled_recipe): fuses
         the GroupNorm / SiLU / residual chains that dominate the SD VAE (BENCHMARKS.md, inference). ~40 s of
         compilation per shape, so callers pad their batches to one shape with padded_call."""
+        use_persistent_compile_cache()
         self.use_compiled_recipe()
         self.vae.encoder = torch.compile(self.vae.encoder)
         self.vae.decoder = torch.compile(self.vae.decoder)

@@ -30,17 +30,17 @@ class SubpixelUpsample(torch.nn.Module):
 
     def __init__(self, conv: torch.nn.Conv2d):
         super().__init__()
-        weight = conv.weight.detach()  # [O, C, 3, 3]
-        phases = []
-        for a in (0, 1):
-            for b in (0, 1):
-                rows = torch.stack([weight[:, :, list(taps)].sum(2) for taps in self._TAPS[a]], 2)  # [O, C, 2, 3]
-                phases.append(torch.stack([rows[..., list(taps)].sum(-1) for taps in self._TAPS[b]], -1))
-        rows = torch.stack([weight[:, :, list(taps)].sum(2) for taps in self._TRANSPOSED_TAPS], 2)  # [O, C, 4, 3]
-        transposed = torch.stack([rows[..., list(taps)].sum(-1) for taps in self._TRANSPOSED_TAPS], -1)
+        weight = conv.weight.detach().float()  # [O, C, 3, 3]; taps summed in float32, then stored as the conv's
+        # phase_taps[a, r, i] = 1 where 3x3 tap i sums into input row r of phase a (the same matrix for columns)
+        phase_taps = torch.tensor([[[float(i in taps) for i in range(3)] for taps in rows] for rows in self._TAPS])
+        transposed_taps = torch.tensor([[float(i in taps) for i in range(3)] for taps in self._TRANSPOSED_TAPS])
+        phase_taps, transposed_taps = phase_taps.to(weight.device), transposed_taps.to(weight.device)
+        phases = torch.einsum("ari,bsj,ocij->abocrs", phase_taps, phase_taps, weight)  # [2, 2, O, C, 2, 2]
+        transposed = torch.einsum("ki,lj,ocij->ockl", transposed_taps, transposed_taps, weight)  # [O, C, 4, 4]
         self.out_channels = weight.shape[0]
-        self.weight = torch.nn.Parameter(torch.cat(phases), requires_grad=False)  # [4 * O, C, 2, 2]
-        self.transposed_weight = torch.nn.Parameter(transposed.transpose(0, 1).contiguous(),
+        dtype = conv.weight.dtype
+        self.weight = torch.nn.Parameter(phases.flatten(0, 2).to(dtype), requires_grad=False)  # [4 * O, C, 2, 2]
+        self.transposed_weight = torch.nn.Parameter(transposed.transpose(0, 1).contiguous().to(dtype),
                                                     requires_grad=False)  # [C, O, 4, 4]
         bias = None if conv.bias is None else conv.bias.detach()
         self.bias = None if bias is None else torch.nn.Parameter(bias.clone(), requires_grad=False)  # [O]

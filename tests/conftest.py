@@ -19,6 +19,15 @@ torch.set_num_threads(2)
 TINY_CROP_SIZE = 64  # the tiny generator's face crops: the tiny VAE's 4x down -> 16x16 latents, the UNet's size
 
 
+@pytest.fixture(scope="session", autouse=True)
+def compile_cache(tmp_path_factory):
+    """lipsync.compile_cache writes under LIPSYNC_CACHE_DIR (default ~/.cache/lipsync): a test folder instead."""
+    folder = tmp_path_factory.mktemp("lipsync_cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LIPSYNC_CACHE_DIR", str(folder))
+        yield folder
+
+
 @pytest.fixture(scope="session")
 def media(tmp_path_factory) -> Media:
     """The clips made at test time (tests/media.py), written once per session."""

@@ -110,3 +110,81 @@ def test_resume_bench_compares_logged_losses_and_weights(bench_resume, tmp_path)
     weights = {"w": torch.tensor([3.0, 4.0]), "on": torch.tensor(True)}
     assert bench_resume.relative_l2({"w": torch.tensor([3.0, 4.5]), "on": torch.tensor(False)}, weights) == \
         pytest.approx(0.1)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "bench" / "gpu_speed.sh"
+
+
+def run_gpu_speed(out, work, **env):
+    """bench/gpu_speed.sh in its tiny CPU mode (the GRID clip and its own speech)."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, GPU_SPEED_TINY="1", GPU_SPEED_CLIP=str(ROOT / "tests/data/grid_lwbsza.mpg"),
+               GPU_SPEED_SPEECH=str(ROOT / "tests/data/grid_lwbsza.mpg"), GPU_SPEED_WORK=str(work),
+               PYTHON=sys.executable, DS_ACCELERATOR="cpu", **env)
+    return subprocess.run(["bash", str(SCRIPT), str(out)], env=env, capture_output=True, text=True, timeout=900)
+
+
+def test_gpu_speed_script_skips_what_does_not_fit_before_its_deadline(tmp_path):
+    done = run_gpu_speed(tmp_path / "out", tmp_path / "work", GPU_SPEED_DEADLINE_S="0")
+    assert done.returncode == 1 and "prep: skipped" in done.stdout and "prep failed or was not run" in done.stdout
+
+
+def test_gpu_speed_script_runs_its_python_parts_and_prints_the_table(tmp_path):
+    """The tiny CPU run of the GPU benchmark: data and models written, the training script timed through
+    bench_train_step.py (ZeRO-2 on the CPU), unet_inference.py timed from process start to file, the table."""
+    out = tmp_path / "out"
+    done = run_gpu_speed(out, tmp_path / "work", GPU_SPEED_PIECES="prep train_b2_fast infer_default",
+                         GPU_SPEED_DEADLINE_S="800")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    table = (out / "table.md").read_text()
+    rows = {}
+    for line in table.splitlines():
+        if line.startswith("| "):
+            rows.setdefault(line.split(" | ")[0].lstrip("| "), line)  # training: the batch-2 row comes first
+    eager = rows["this project, eager, ZeRO-2 with lipsync's step (default)"]
+    assert eager.split(" | ")[1] == "2" and float(eager.split(" | ")[2]) > 0  # ms/step measured
+    assert "skipped" in rows["reference (DDP, fp16 autocast, optimizer step every 4th micro-batch)"]
+    default = rows["this project, default flags, no compile cache (a bare machine)"]
+    assert float(default.split(" | ")[1]) > 0 and "74 frames" in default and "generate_and_write" in default
+    assert (out / "train_b2_fast.rc").read_text().strip() == "0"
+
+
+def test_gpu_speed_table_reads_the_reference_and_project_logs(tmp_path):
+    """The table's numbers and ratios from logs as the reference harness and the project's runs print them."""
+    import subprocess
+    import sys
+
+    logs = {
+        "ref_train_2": 'first batch at 20.1s\nREF_TRAIN {"batch": 2, "median_ms": 107.5, "peak_alloc_gib": 8.1}\n',
+        "train_b2_graphs": "step time, median of 40 unprofiled steps: 60.0 ms\n"
+                           "step time, mean of steps 5-44, GPU work included: 71.7 ms\npeak GPU memory: 6.0 GiB\n",
+        "train_b2_stock": "Traceback (most recent call last):\nRuntimeError: CUDA out of memory\n",
+        "ref_infer": 'REF_INFER {"script_s": 88.0, "frames": 236}\nMUX {"seconds": 2.1}\nREF_PROCESS_WALL_S 90.7\n',
+        "infer_auto_warm": "wrote out.mp4: 240 frames, 512x512 @ 25 fps, 9.6 s of audio\n"
+                           "faces found in 240/240 frames (0 passed through unchanged); 200 source frames; 14.0 s on "
+                           "cuda (bfloat16, compiled)\nsteps (wall s): inputs 0.10, models_and_audio 4.00, boxes "
+                           "0.02, reference_and_graph 3.00, generate_and_write 6.80, finish 0.08\n"
+                           "stage          seconds  frames      fps\ngenerate         5.000     240     48.0\n"
+                           "PROCESS_WALL_S 22.68\n",
+    }
+    for name, text in logs.items():
+        (tmp_path / f"{name}.log").write_text(text)
+        (tmp_path / f"{name}.rc").write_text("1\n" if name == "train_b2_stock" else "0\n")
+    table = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_speed.py"), "table", str(tmp_path)],
+                           capture_output=True, text=True, check=True).stdout
+    rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| ")]
+    by_name = {}
+    for row in rows:
+        by_name.setdefault(row[0].lstrip("| "), row)
+    assert by_name["reference (DDP, fp16 autocast, optimizer step every 4th micro-batch)"][2] == "107.5"
+    graphs = by_name["this project, --compile reduce-overhead (inductor + CUDA graphs), ZeRO-2"]
+    assert graphs[2:4] == ["71.7", "1.50x"]  # the GPU-synchronised mean, not the median
+    assert by_name["this project, eager, DeepSpeed's stock ZeRO-2 step (LIPSYNC_DEEPSPEED_STEP=stock)"][2] == \
+        "failed (rc 1)"
+    warm = by_name["this project, default flags after that run (--compile auto, cache on disk)"]
+    assert warm[1:3] == ["22.7", "4.00x"]
+    assert "240 frames, compiled" in warm[3] and "interpreter + imports 8.7" in warm[3]

@@ -8,6 +8,7 @@ a small tolerance, which ties the file to the frames the hook saw.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import subprocess
@@ -23,11 +24,14 @@ import soundfile as sf
 import soxr
 import torch
 
+import unet_inference
 from lipsync.audio import write_wav
 from lipsync.checkpoint import encode_model_card
+from lipsync.compile_cache import remember_compiled
 from lipsync.errors import Cancelled, UserError
 from lipsync.faces import FaceDetector, face_boxes, lower_face_mask, paste_faces
 from lipsync.inference import LipSyncOptions, lip_sync, load_models
+from lipsync.inference.models import COLD_COMPILE_PAYS_AFTER, WARM_COMPILE_PAYS_AFTER, compile_key, compile_pays
 from lipsync.video_io import iter_frames, pingpong_indices, probe_video
 from lipsync.video_writer import VideoWriter
 from models.syncnet import SyncNet, SyncNetConfig
@@ -328,8 +332,6 @@ def test_output_video_is_checked_before_the_models_load(tmp_path, speech):
 def test_one_shape_padding_of_compiled_models_gives_the_same_frames(models, speech, tmp_path, ref_frame):
     """Compiled models get every codec / UNet call zero-padded to the batch size (one shape, no recompiles):
     batch 8 over 37 frames leaves a short last batch; the padding must not change any generated face."""
-    import dataclasses
-
     audio = _write_speech(tmp_path / "speech.wav", speech, 1.5)
     outputs = {}
     for compiled in (False, True):
@@ -400,3 +402,47 @@ def test_the_same_models_run_at_another_crop_size(models, speech, tmp_path):
         outputs[size] = np.stack(recorder.outputs)
     assert models.image_size == IMAGE_SIZE
     assert outputs[96].shape == outputs[IMAGE_SIZE].shape and (outputs[96] != outputs[IMAGE_SIZE]).any()
+
+
+def test_inference_compiles_by_default_where_it_pays(models, tmp_path, monkeypatch):
+    """--compile auto: never on a CPU; on CUDA for long clips, and for clips of a few hundred frames once the same
+    configuration (architectures, crop size, batch size, versions, GPU) compiled on this machine."""
+    monkeypatch.setenv("LIPSYNC_CACHE_DIR", str(tmp_path))
+    assert not compile_pays(models, 16, 100_000)  # CPU
+    cuda = dataclasses.replace(models, device=torch.device("cuda"), image_size=768)  # as decided on a GPU
+    short, long_ = WARM_COMPILE_PAYS_AFTER, COLD_COMPILE_PAYS_AFTER
+    assert not compile_pays(cuda, 16, short) and compile_pays(cuda, 16, long_)
+    remember_compiled(compile_key(cuda, 16))
+    assert compile_pays(cuda, 16, short) and not compile_pays(cuda, 16, short - 1)
+    assert not compile_pays(cuda, 8, short)  # another batch size: other shapes, not compiled yet
+    small = dataclasses.replace(cuda, image_size=256)  # a ninth of the codec's work per frame
+    assert not compile_pays(small, 16, long_) and compile_pays(small, 16, 9 * long_)
+
+
+def test_compile_flag_is_auto_unless_given_and_cpu_models_stay_eager(generator_checkpoint):
+    assert unet_inference.COMPILE_CHOICES[unet_inference.parse_args(["--checkpoint_path", "c", "--face", "f",
+                                                                     "--audio", "a"]).compile] is None
+    for argv, expected in ((["--compile"], True), (["--compile", "off"], False), (["--compile", "on"], True)):
+        args = unet_inference.parse_args(["--checkpoint_path", "c", "--face", "f", "--audio", "a", *argv])
+        assert unet_inference.COMPILE_CHOICES[args.compile] is expected
+    loaded = load_models(generator_checkpoint, device="cpu", compile=True)
+    assert not loaded.compiled  # compiling is for CUDA: on a CPU the eager models stay
+
+
+def test_default_x264_preset_keeps_the_quality_of_veryfast(tmp_path):
+    """The default preset (faster to write) keeps at least the quality of veryfast, the previous default, at the
+    same CRF (PSNR against the frames written, on real faces), in a larger file: up to twice the size on noisy
+    footage like GRID's (x264's faster presets drop tools that save bits, not quality)."""
+    frames = list(iter_frames(GRID))[:50]
+    height, width = frames[0].shape[:2]
+    results = {}
+    for preset in (LipSyncOptions().preset, "veryfast"):
+        path = tmp_path / f"{preset}.mp4"
+        with VideoWriter(path, 25, width, height, crf=LipSyncOptions().crf, preset=preset) as writer:
+            for frame in frames:
+                writer.write(frame)
+        error = np.mean([np.mean((a.astype(np.float64) - b) ** 2) for a, b in zip(iter_frames(path), frames)])
+        results[preset] = (10 * np.log10(255 ** 2 / error), path.stat().st_size)
+    (psnr, size), (psnr_veryfast, size_veryfast) = results[LipSyncOptions().preset], results["veryfast"]
+    assert LipSyncOptions().preset != "veryfast"
+    assert psnr >= psnr_veryfast - 0.5 and size <= 2 * size_veryfast, results

@@ -1,6 +1,7 @@
 """Both training scripts end to end on tiny data through the DeepSpeed ZeRO-2 path (CPUDeepSpeedStrategy):
 checkpoint folders, exact resume, the persisted sync switch, the frozen expert, zero_to_fp32 merge -> loader."""
 import copy
+import os
 import subprocess
 import sys
 
@@ -64,19 +65,71 @@ def test_syncnet_zero2_checkpoint_resume_and_load(workdir, syncnet_run, monkeypa
         load_syncnet(final, expect_variant="xl")
 
 
-def test_generator_compile_flag_compiles_the_unet_in_place(workdir, syncnet_run, tiny_models, monkeypatch):
-    """--compile: the module the script trains holds a compiled UNet whose checkpoint keys are the eager ones
-    (compiling itself is measured on the GPU, BENCHMARKS.md 1e; on CPU it would add ~90 s to this suite)."""
-    built = {}
-    monkeypatch.setattr(unet_wav2lip_lightning, "fit",
-                        lambda args, module, *rest, **kw: built.update(m=module))
+@pytest.mark.parametrize("flag, mode", [(["--compile"], None), (["--compile", "reduce-overhead"], "reduce-overhead")])
+def test_compiled_training_step_equals_the_eager_one(workdir, syncnet_run, tiny_models, monkeypatch, flag, mode):
+    """--compile [MODE] compiles the UNet and the frozen expert in place with that torch.compile mode; the
+    checkpoint keys stay the eager ones, and a training step's losses and UNet gradients are the eager step's.
+    The compiler backend here is torch's aot_eager: the same graph capture and forward / backward split that
+    inductor then compiles (inductor's own CPU code generation takes minutes per graph on a 2-core machine; its
+    kernels, and reduce-overhead's CUDA graphs, are measured on the GPU: bench/gpu_speed.sh)."""
+    built, modes = {}, []
+    compile_module = torch.nn.Module.compile
+
+    def compile_with_aot_eager(module, *args, mode=None, **kwargs):
+        modes.append(mode)
+        return compile_module(module, *args, backend="aot_eager", **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "compile", compile_with_aot_eager)
+    monkeypatch.setattr(unet_wav2lip_lightning, "fit", lambda args, module, *rest, **kw: built.update(m=module))
+    monkeypatch.setenv("LIPSYNC_CACHE_DIR", str(workdir / "cache"))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "restored after the test")
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
     monkeypatch.chdir(workdir)
-    common = ["--syncnet", str(syncnet_run[1] / "checkpoints" / "last.ckpt"), "--unet_ckpt", tiny_models["unet"]]
+    common = ["--syncnet", str(syncnet_run[1] / "checkpoints" / "last.ckpt"), "--unet_ckpt", tiny_models["unet"],
+              "--sync_start_step", "0"]
     unet_wav2lip_lightning.main(argv(workdir, 1, *common))
-    eager_keys = list(built["m"].state_dict())
-    unet_wav2lip_lightning.main(argv(workdir, 1, *common, "--compile"))
-    assert built["m"].unet._compiled_call_impl is not None
-    assert list(built["m"].state_dict()) == eager_keys
+    eager = built["m"]
+    unet_wav2lip_lightning.main(argv(workdir, 1, *common, *flag))
+    compiled = built["m"]
+    assert modes == [mode, mode]  # the UNet and the expert
+    assert compiled.unet._compiled_call_impl is not None and compiled.expert._compiled_call_impl is not None
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    compiled.load_state_dict(eager.state_dict())
+
+    gen = torch.Generator().manual_seed(1)
+    batch = {name: torch.randn(2, 5, C, SIZE, SIZE, generator=gen) for name in ("masked", "reference", "gt")}
+    batch.update(audio=torch.randn(2, 5, 10, DIM, generator=gen), sync_audio=torch.randn(2, 10, DIM, generator=gen))
+    results = []
+    for module in (eager, compiled):
+        module.on_train_batch_start(batch, 0)  # --sync_start_step 0: the sync loss is on
+        recon, sync, total, _ = module.losses(batch)
+        total.backward()
+        results.append((torch.stack([recon, sync, total]).detach(), [p.grad for p in module.unet.parameters()]))
+    (losses, grads), (compiled_losses, compiled_grads) = results
+    assert losses[1] > 0 and torch.allclose(compiled_losses, losses, rtol=1e-5, atol=1e-6)
+    assert all(g is not None and torch.allclose(c, g, rtol=1e-4, atol=1e-6) for c, g in zip(compiled_grads, grads))
+    # compiled work goes to the persistent cache folder
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(workdir / "cache" / "torch_compile")
+
+
+def test_generator_trains_under_zero2_with_the_compiled_unet_and_expert(workdir, syncnet_run, tiny_models,
+                                                                        monkeypatch):
+    """Two steps of --compile reduce-overhead through the script, DeepSpeed ZeRO-2 and its gradient hooks on the
+    compiled backward included, then a checkpoint folder (compiler backend aot_eager, as above)."""
+    compile_module = torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile",
+                        lambda module, *args, mode=None, **kw: compile_module(module, *args, backend="aot_eager", **kw))
+    monkeypatch.setenv("LIPSYNC_CACHE_DIR", str(workdir / "cache"))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "restored after the test")
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    monkeypatch.chdir(workdir)
+    expert = str(syncnet_run[1] / "checkpoints" / "last.ckpt")
+    trainer = unet_wav2lip_lightning.main(argv(workdir, 2, "--syncnet", expert, "--unet_ckpt", tiny_models["unet"],
+                                               "--sync_start_step", "0", "--compile", "reduce-overhead",
+                                               "--output_dir", str(workdir / "compiled_runs")))
+    assert trainer.global_step == 2 and torch.isfinite(trainer.callback_metrics["train/total"])
+    assert trainer.lightning_module.unet._compiled_call_impl is not None
+    assert list((workdir / "compiled_runs" / "generator").glob("version_*/checkpoints/last.ckpt/latest"))
 
 
 def test_generator_sync_switch_resume_frozen_expert_and_merge(workdir, syncnet_run, tiny_models, monkeypatch):

@@ -2,6 +2,7 @@
 crop size its model card names."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -10,6 +11,7 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 
 from lipsync.audio_encoder import DEFAULT_AUDIO_ENCODER, AudioEncoder
 from lipsync.checkpoint import check_unet_config, load_generator
+from lipsync.compile_cache import compiled_before, use_persistent_compile_cache
 from lipsync.errors import UserError
 from lipsync.latent_codec import DEFAULT_CODEC, LatentCodec
 
@@ -52,10 +54,10 @@ def _read_unet_config(folder) -> dict:
 def load_models(checkpoint_path, unet_config=None, audio_encoder: str | None = None, codec: str | None = None,
                 image_size: int | None = None, device: str = "auto", compile: bool = False) -> LipSyncModels:
     """UNet from any checkpoint kind; codec, audio encoder and crop size from its model card (arguments given
-    here override it). CUDA: codec + UNet in bf16 (fp16 where bf16 is missing), SDPA attention, cuDNN autotuning;
+    here override it). CUDA: codec + UNet in bf16 (fp16 where bf16 is missing), SDPA attention, cuDNN autotuning
+    (LIPSYNC_CUDNN_BENCHMARK=0 turns it off: it times every convolution shape once, at the first batch);
     NCHW, not channels_last: both nets are GroupNorm-heavy and ran slower channels_last (BENCHMARKS.md);
-    compiled, the codec takes its own recipe (LatentCodec.compile). CPU: fp32. The audio encoder stays fp32: it
-    runs once per clip."""
+    compile: `compile_models`. CPU: fp32. The audio encoder stays fp32: it runs once per clip."""
     device = resolve_device(device)
     loaded = load_generator(checkpoint_path, _read_unet_config(unet_config) if unet_config else None)
     card = loaded.card
@@ -71,13 +73,59 @@ def load_models(checkpoint_path, unet_config=None, audio_encoder: str | None = N
     # nn.Module.to: diffusers' own to() warns about keeping its (empty) list of fp32 modules when given a dtype
     unet = torch.nn.Module.to(loaded.unet, device, dtype).eval().requires_grad_(False)
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # crops have one fixed size: autotuned kernels pay off
+        # crops have one fixed size: kernels autotuned at the first batch pay off over a clip
+        torch.backends.cudnn.benchmark = os.environ.get("LIPSYNC_CUDNN_BENCHMARK", "1") != "0"
         unet.set_attn_processor(AttnProcessor2_0())  # torch SDPA (flash / memory-efficient kernels)
         latent_codec.vae.set_attn_processor(AttnProcessor2_0())
-    if compile and device.type == "cuda":  # fuses the GroupNorm / SiLU / residual chains that dominate the VAE
-        # lip_sync pads every call to one shape, but a caller may use several batch sizes on the same models
-        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)
-        unet = torch.compile(unet)
-        latent_codec.compile()
-    return LipSyncModels(unet, latent_codec, speech_encoder, int(size), device,
-                         compiled=compile and device.type == "cuda")
+    models = LipSyncModels(unet, latent_codec, speech_encoder, int(size), device)
+    if compile:
+        compile_models(models)
+    return models
+
+
+def compile_models(models: LipSyncModels) -> None:
+    """torch.compile the UNet and the codec in place (CUDA; elsewhere nothing changes): fuses the GroupNorm /
+    SiLU / residual chains that dominate the VAE. Compiles at the first call of each shape (lip_sync pads every
+    call to one shape), into the persistent cache of lipsync.compile_cache: a configuration compiled before on
+    the machine loads its kernels instead."""
+    if models.device.type != "cuda" or models.compiled:
+        return
+    use_persistent_compile_cache()
+    # lip_sync pads every call to one shape, but a caller may use several batch sizes on the same models
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)
+    models.unet = torch.compile(models.unet)
+    models.codec.compile()
+    models.compiled = True
+
+
+COMPILE_RECIPE = 1  # bump when what compile_models compiles changes: older markers then no longer count
+
+
+def compile_key(models: LipSyncModels, batch_size: int) -> dict:
+    """What decides whether compiled kernels of an earlier run fit these models: versions, the GPU, the
+    architectures (not the weights: they are inputs of the compiled graphs) and the shapes."""
+    unet = getattr(models.unet, "_orig_mod", models.unet)  # the module under torch.compile's wrapper
+    device = models.device
+    return {"recipe": COMPILE_RECIPE, "torch": torch.__version__, "cuda": torch.version.cuda,
+            "gpu": torch.cuda.get_device_name(device) if torch.cuda.is_available() and device.type == "cuda"
+            else device.type,
+            "dtype": str(models.dtype), "unet": dict(unet.config), "codec": dict(models.codec.vae.config),
+            "audio_dim": models.audio_encoder.hidden_size, "image_size": models.image_size,
+            "batch_size": batch_size}
+
+
+# Compiling pays once the time it saves over a clip's frames outweighs its fixed cost: compilation into an empty
+# cache (about a minute), or tracing the code and loading the kernels of an earlier run (seconds). In frames of
+# 768 px crops: the codec's work, which compilation speeds up, grows with the crop's area.
+COLD_COMPILE_PAYS_AFTER = 1500
+WARM_COMPILE_PAYS_AFTER = 200
+
+
+def compile_pays(models: LipSyncModels, batch_size: int, frames: int) -> bool:
+    """lip_sync's default (--compile auto): compile on CUDA when `frames` output frames amortise it, counting on
+    the kernels of an earlier run of the same configuration where this machine has them (compiled_before)."""
+    if models.device.type != "cuda" or models.compiled:
+        return False
+    work = frames * (models.image_size / 768) ** 2
+    warm = compiled_before(compile_key(models, batch_size))
+    return work >= (WARM_COMPILE_PAYS_AFTER if warm else COLD_COMPILE_PAYS_AFTER)

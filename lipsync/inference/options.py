@@ -39,15 +39,18 @@ class LipSyncOptions:
     ref_frame: int | None = None  # reference face = this source frame's (default: each frame's own face)
     color_match: bool = False  # match the generated lower face's colour statistics to the input's
     crf: int = 18  # x264 constant rate factor
-    # x264 preset: "veryfast" writes several times faster than x264's default "medium" in a file of about the
-    # same size (BENCHMARKS.md); the writer is a CPU stage of the pipeline
-    preset: str = "veryfast"
+    # x264 preset: "superfast" encodes about twice as fast as "veryfast" (several times faster than x264's default
+    # "medium") at the same CRF with the same or better quality, in a larger file (up to twice the size on noisy
+    # footage); the writer is a CPU stage of the pipeline, one of the limits at small crop sizes (BENCHMARKS.md)
+    preset: str = "superfast"
     unet_config: str | None = None  # UNet config folder: only for checkpoints without a model card
     audio_encoder: str | None = None  # overrides the checkpoint's audio encoder id
     codec: str | None = None  # overrides the checkpoint's codec (VAE) id
     image_size: int | None = None  # overrides the checkpoint's face crop size
     device: str = "auto"  # "auto" = cuda when available, else cpu
-    compile: bool = False  # torch.compile the UNet and the codec (CUDA; pays off from a few hundred frames on)
+    # torch.compile the UNet and the codec (CUDA); None = where it pays (inference.models.compile_pays): on long
+    # clips, and on clips of a few hundred frames where this machine compiled the same models before
+    compile: bool | None = None
     cuda_graph: bool = True  # CUDA: record encode + UNet + decode of a batch once, replay it per batch
     progress: bool = True  # tqdm bars (shown only on a terminal)
     on_frame: FrameCallback | None = None
@@ -76,7 +79,7 @@ def format_summary(summary: dict) -> str:
              f"faces found in {summary['faces_found']}/{summary['frames']} frames "
              f"({summary['frames_without_face']} passed through unchanged); {summary['source_frames']} source "
              f"frames; {summary['crop_size']} px face crops; {summary['seconds']:.1f} s on {summary['device']} "
-             f"({summary['dtype']})",
+             f"({summary['dtype']}{', compiled' if summary.get('compiled') else ''})",
              "steps (wall s): " + ", ".join(f"{name} {seconds:.2f}" for name, seconds in summary["phases"].items()),
              f"{'stage':<13}{'seconds':>9}{'frames':>8}{'fps':>9}"]
     for name, stage in summary["stages"].items():

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from lipsync import timing
 from lipsync.audio import decode_audio, load_audio
+from lipsync.compile_cache import remember_compiled
 from lipsync.errors import Cancelled, UserError
 from lipsync.faces import (
     SMOOTH_WINDOW,
@@ -43,7 +44,7 @@ from lipsync.faces import (
     paste_faces,
 )
 from lipsync.inference.generation import GraphedGeneration, generate_faces, reference_latent
-from lipsync.inference.models import LipSyncModels, load_models
+from lipsync.inference.models import LipSyncModels, compile_key, compile_models, compile_pays, load_models
 from lipsync.inference.options import DEFAULT_OUTFILE, STAGES, LipSyncOptions, check_options
 from lipsync.iterables import background
 from lipsync.stopwatch import Stopwatch
@@ -280,7 +281,9 @@ def lip_sync(checkpoint, face, audio, outfile=DEFAULT_OUTFILE, **options) -> dic
         else:
             _announce(opts, "load models")
             models = load_models(checkpoint, opts.unet_config, opts.audio_encoder, opts.codec, opts.image_size,
-                                 opts.device, opts.compile)
+                                 opts.device, compile=bool(opts.compile))
+            if opts.compile is None and compile_pays(models, opts.batch_size, num_out):
+                compile_models(models)
         sync = torch.cuda.synchronize if models.device.type == "cuda" else None
         timer = Stopwatch(sync)
         _announce(opts, "encode audio")
@@ -343,11 +346,13 @@ def lip_sync(checkpoint, face, audio, outfile=DEFAULT_OUTFILE, **options) -> dic
         steps.lap("generate_and_write")
         _announce(opts, "finish")
     steps.lap("finish")  # the writer flushes x264 and closes the file; both workers stop
+    if models.compiled:  # its kernels are in the persistent cache now: later runs of short clips may compile too
+        remember_compiled(compile_key(models, opts.batch_size))
 
     faces_found = int(found[sources].sum())
     # source_frames: frames of the face input read (all of them when the output ping-pongs over them)
     return {"outfile": str(outfile), "frames": num_out, "source_frames": len(boxes), "faces_found": faces_found,
             "frames_without_face": num_out - faces_found, "fps": source.fps, "width": source.width,
             "height": source.height, "crop_size": models.image_size, "audio_seconds": round(seconds, 3),
-            "device": str(models.device), "dtype": str(models.dtype).replace("torch.", ""),
+            "device": str(models.device), "dtype": str(models.dtype).replace("torch.", ""), "compiled": models.compiled,
             "seconds": round(steps.total, 3), "phases": steps.laps, "stages": timer.summary(STAGES)}

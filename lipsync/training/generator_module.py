@@ -96,7 +96,8 @@ class GeneratorModule(pl.LightningModule):
             p = self.expert.sync_probability(generated.float(), sync_audio.float())  # [B]
         return sync_loss(p, torch.ones_like(p))
 
-    def _step(self, batch, stage: str):
+    def losses(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One batch's (recon, sync, total) losses [] and generated latents [B, T, C, h, w] (fp32); no logging."""
         # masked, reference, gt [B, T, C, h, w]; audio [B, T, 10, D]; sync_audio [B, 2T, D]
         gt = batch["gt"].float()
         generated = generate(self.unet, batch["masked"].flatten(0, 1), batch["reference"].flatten(0, 1),
@@ -106,16 +107,21 @@ class GeneratorModule(pl.LightningModule):
         sync = self.expert_sync_loss(generated, batch["sync_audio"])
         weight = self.sync_weight if self.sync_active() else 0.0
         total = recon + weight * sync if weight else recon  # no backward through the expert while off
+        return recon, sync, total, generated
+
+    def _step(self, batch, stage: str):
+        recon, sync, total, generated = self.losses(batch)
+        batch_size = generated.shape[0]
         train = stage == "train"
         losses = {f"{stage}/recon_loss": recon, f"{stage}/sync_loss": sync, f"{stage}/total": total}
         # training losses reach the progress bar through losses_to_show (progress.progress_bar() never waits for
         # the GPU); Lightning's prog_bar=True would read them on the host at every step
         self.log_dict(losses, prog_bar=not train, on_step=train, on_epoch=not train, sync_dist=not train,
-                      batch_size=gt.shape[0])
+                      batch_size=batch_size)
         if train:
             self.losses_to_show = {name: value.detach() for name, value in losses.items()}
             # from the buffer, on the device: a Python float would be copied to the GPU (a synchronisation)
-            self.log("train/sync_weight", self.sync_on * self.sync_weight, batch_size=gt.shape[0])
+            self.log("train/sync_weight", self.sync_on * self.sync_weight, batch_size=batch_size)
         return total, generated
 
     def training_step(self, batch, batch_idx):
