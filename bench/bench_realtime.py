@@ -108,6 +108,10 @@ class ServerProcess:
             self.process.kill()
             raise RuntimeError(f"the server did not start: {line!r}")
         self.port = int(match.group(1))
+        # the port listens before the app's start-up (CUDA graphs recorded for every batch size) has finished;
+        # uvicorn answers the first request only after it: wait for that, not inside a client's handshake timeout
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/stats", timeout=600):
+            pass
 
     def stats(self) -> dict:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/stats") as response:

@@ -54,15 +54,16 @@ def talking_face(seconds: float, size: int, seed: int = 0, fps: float = 25.0) ->
 
 def write_media(path, frames, fps: float, audio: np.ndarray | None = None, audio_rate: int = AUDIO_SAMPLE_RATE,
                 video_codec: str = "libx264", audio_codec: str = "aac", channels: int = 1,
-                out_rate: int | None = None, gop: int = 25) -> Path:
+                out_rate: int | None = None, gop: int = 25, faststart: bool = False) -> Path:
     """Write RGB frames (and 16 kHz mono `audio`, optional) with PyAV in any container / codec: the container
     follows the suffix, the audio is resampled to `out_rate` (default: `audio_rate`) and duplicated onto
-    `channels` channels. A keyframe every `gop` frames, so seeking is exercised."""
+    `channels` channels. A keyframe every `gop` frames, so seeking is exercised. faststart: an MP4's index goes
+    before the media data (as for streaming), so a file cut short still opens and tells its full length."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     frames = list(frames)
     height, width = frames[0].shape[:2]
-    with av.open(str(path), "w") as container:
+    with av.open(str(path), "w", options={"movflags": "faststart"} if faststart else {}) as container:
         video = container.add_stream(video_codec, rate=Fraction(fps).limit_denominator(1001))
         # Motion JPEG takes full-range YUV only
         video.width, video.height, video.pix_fmt = width, height, "yuvj420p" if video_codec == "mjpeg" else "yuv420p"
