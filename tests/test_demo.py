@@ -54,6 +54,9 @@ def test_demo_learned_lip_sync_on_held_out_faces_and_speech(demo_run):
     assert m["sync_lag"] == 0, m  # and follows it in step, not one frame early or late
     assert m["syncnet_acc"] >= 0.6, m
     assert m["audio_gain"] >= 1.3, m  # 1.83 when set
+    assert m["lse_c_output"] > m["lse_c_input"] and m["lse_d_output"] < m["lse_d_input"], m  # the expert agrees
+    for region in ("face", "mouth"):  # against the rendered ground truth: measured, in range
+        assert 0 < m[f"ssim_{region}_output"] < 1 and 10 < m[f"psnr_{region}_output"] < 100, m
     assert np.isfinite(m["seconds"])
 
 

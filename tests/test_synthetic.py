@@ -116,3 +116,21 @@ def test_make_dataset_seeded_and_the_same_from_worker_processes(tmp_path):
         # (test_video_workers): allow a few such blocks, far below what another seed changes (the face moves)
         assert here.shape == there.shape and np.mean(here != there) < 0.05  # another seed: > 0.97
         assert np.array_equal(_decode(p, audio=0), _decode(q, audio=0))
+
+
+def test_the_rendered_ground_truth_of_a_clip_is_its_own_frames_and_quality_sees_the_mouth(tmp_path):
+    """demo.evaluate.render_truth re-renders a clip's person from its json (here with the clip's own opening: the
+    video itself, up to H.264), and the quality crops compare the same pixels: a wrong mouth costs mouth SSIM."""
+    from lipsync.demo.evaluate import quality_crops, render_truth
+    from lipsync.evaluation.quality import ssim_psnr
+    from lipsync.video_io import iter_frames
+
+    rng = np.random.default_rng(3)
+    path = synthetic.make_clip(tmp_path / "c.mp4", synthetic.random_identity(rng), 1.0, rng, size=128)
+    truth_json = json.loads(path.with_suffix(".json").read_text())
+    opening, boxes = np.array(truth_json["opening"]), np.array(truth_json["boxes"])
+    video = np.stack(list(iter_frames(path)))
+    own = ssim_psnr(quality_crops(video, boxes), quality_crops(render_truth(truth_json, opening), boxes))
+    other = ssim_psnr(quality_crops(video, boxes), quality_crops(render_truth(truth_json, opening[::-1]), boxes))
+    assert own["ssim_face"] > 0.9 and own["psnr_face"] > 30, own
+    assert other["ssim_mouth"] < own["ssim_mouth"] - 0.02 and other["psnr_face"] < own["psnr_face"], (own, other)

@@ -1,5 +1,6 @@
-"""The demo's measurements on held-out faces and speech: mouth-opening correlation and lag, the expert's accuracy,
-the generator's audio gain, and the side-by-side video and plot."""
+"""The demo's measurements on held-out faces and speech: mouth-opening correlation and lag, the expert's accuracy
+and its LSE-C / LSE-D, the generator's audio gain, SSIM / PSNR against the rendered ground truth, and the
+side-by-side video and plot."""
 from __future__ import annotations
 
 import numpy as np
@@ -27,6 +28,28 @@ def best_lag(measured: list[np.ndarray], true: list[np.ndarray], max_lag: int = 
         return pearson(m, t)
     lags = range(-max_lag, max_lag + 1)
     return max(lags, key=lambda lag: np.mean([r(m, t, lag) for m, t in zip(measured, true)]))
+
+
+def render_truth(face_json: dict, opening: np.ndarray) -> np.ndarray:
+    """The ground truth of a driven clip: the face video's person, head motion and frame size, with the mouth of
+    the driving speech's true `opening` [N] -> frames [N, size, size, 3] RGB uint8 at the clip's fps."""
+    identity = synthetic.Identity(**{key: _tuples(value) for key, value in face_json["identity"].items()})
+    size, fps = face_json["size"], face_json["fps"]
+    return np.stack([synthetic.render_frame(identity, float(o), k / fps, size) for k, o in enumerate(opening)])
+
+
+def _tuples(value):
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def quality_crops(frames: np.ndarray, boxes: np.ndarray, size: int = 64) -> np.ndarray:
+    """Face crops [N, size, size, 3] of frames [N, H, W, 3] in the true face boxes [>= N, 4], made square: the
+    same pixels of the output, the input and the ground truth are compared."""
+    from lipsync.faces import crop_faces
+
+    boxes = np.asarray(boxes[:len(frames)], np.float64)
+    centre, side = (boxes[:, :2] + boxes[:, 2:]) / 2, (boxes[:, 2:] - boxes[:, :2]).max(1, keepdims=True)
+    return crop_faces(frames, np.concatenate([centre - side / 2, centre + side / 2], 1), size)
 
 
 def measure_video(path, boxes: np.ndarray) -> np.ndarray:

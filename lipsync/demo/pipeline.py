@@ -21,6 +21,10 @@ scripts and functions, called exactly as the README's commands call them):
                syncnet_acc   the expert's accuracy on fixed in-sync / off-sync test windows
                audio_gain    mouth-region latent L1 of the generator with shuffled audio / with the true audio
                sync_lag      the frame shift that best aligns the output's mouth with the driving speech (0)
+               lse_c / lse_d the expert's sync confidence / distance of the input and the output video with the
+                             driving speech (lipsync.evaluation.expert, syncnet_python's algorithm)
+               ssim / psnr   of the output's face and mouth against the ground truth (the same person rendered
+                             with the driving speech's true mouth), and of the input as the floor
                and results/demo.mp4 (input | output, driving audio), results/mouth_opening.png, metrics.json.
 """
 from __future__ import annotations
@@ -48,6 +52,8 @@ from lipsync.demo.evaluate import (
     measure_video,
     pearson,
     plot_openings,
+    quality_crops,
+    render_truth,
     syncnet_accuracy,
     write_side_by_side,
 )
@@ -237,13 +243,25 @@ def run_demo(output_root, scripts: dict[str, Callable], profile: str = "full", s
             clips.append(dict(name=entry, face=face, output_path=out, audio=audio_path, true=true_opening))
 
     with stage("evaluate"):
+        from lipsync.evaluation.expert import expert_sync_scores, load_expert
+        from lipsync.evaluation.quality import ssim_psnr
+        from lipsync.video_io import iter_frames
+
+        expert = load_expert(syncnet_ckpt)
         for clip in clips:
-            boxes = np.array(json.loads(clip["face"].with_suffix(".json").read_text())["boxes"])
+            face_json = json.loads(clip["face"].with_suffix(".json").read_text())
+            boxes = np.array(face_json["boxes"])
+            for key, video in (("output", clip["output_path"]), ("input", clip["face"])):
+                clip[f"lse_{key}"] = expert_sync_scores(expert, video, clip["audio"], pads=PADS)
             clip["output"] = measure_video(clip["output_path"], boxes)
             clip["input"] = measure_video(clip["face"], boxes)
             n = min(len(clip["true"]), len(clip["output"]), len(clip["input"]))
             for key in ("true", "output", "input"):
                 clip[key] = clip[key][:n]
+            truth = quality_crops(render_truth(face_json, clip["true"]), boxes)
+            for key, video in (("output", clip["output_path"]), ("input", clip["face"])):
+                frames = np.stack(list(iter_frames(video)))[:n]
+                clip[f"quality_{key}"] = ssim_psnr(quality_crops(frames, boxes), truth)
             clip["output_corr"] = pearson(clip["output"], clip["true"])
             clip["input_corr"] = pearson(clip["input"], clip["true"])
             log(f"demo: {clip['name']}: output r={clip['output_corr']:.3f}, input r={clip['input_corr']:.3f}")
@@ -255,6 +273,15 @@ def run_demo(output_root, scripts: dict[str, Callable], profile: str = "full", s
             "syncnet_acc": syncnet_accuracy(syncnet_ckpt, folders, p.eval_windows, seed),
             "audio_gain": audio_gain(merged, folders, p.eval_windows, seed),
         }
+        for key in ("input", "output"):  # means over the test clips
+            metrics[f"lse_c_{key}"] = float(np.mean([clip[f"lse_{key}"].confidence for clip in clips]))
+            metrics[f"lse_d_{key}"] = float(np.mean([clip[f"lse_{key}"].distance for clip in clips]))
+            for name in ("ssim_face", "psnr_face", "ssim_mouth", "psnr_mouth"):
+                metrics[f"{name}_{key}"] = float(np.mean([clip[f"quality_{key}"][name] for clip in clips]))
+        log(f"demo: expert LSE-C input {metrics['lse_c_input']:.2f} -> output {metrics['lse_c_output']:.2f}, "
+            f"LSE-D {metrics['lse_d_input']:.3f} -> {metrics['lse_d_output']:.3f}; against the ground truth: "
+            f"mouth SSIM {metrics['ssim_mouth_input']:.3f} -> {metrics['ssim_mouth_output']:.3f}, "
+            f"PSNR {metrics['psnr_mouth_input']:.1f} -> {metrics['psnr_mouth_output']:.1f} dB")
         write_side_by_side(results / "demo.mp4", clips[0]["face"], clips[0]["output_path"], clips[0]["audio"])
         plot_openings(results / "mouth_opening.png", clips)
 
