@@ -75,7 +75,8 @@ def make_filelists(data_root, out_dir, val_groups: int | float = 0.05, test_grou
     """Write out_dir/{train,val,test}.txt and a README.md saying how they were made; returns {split: entries}.
 
     min_sync_conf / max_offset (either given): folders whose sync.json (score_sync.py) has a lower confidence or a
-    larger |offset|, or that were never scored, are left out before splitting and listed with the reason in
+    larger |offset|, or that were never scored, are left out of their split (so the groups of each split do not
+    depend on the filter) and listed with the reason in
     out_dir/dropped.txt (lipsync.data.curation.curate).
 
     Video folders are grouped (by default the first `group_depth` path parts, e.g. LRS2 `<source id>/<clip>`; or
@@ -88,23 +89,26 @@ def make_filelists(data_root, out_dir, val_groups: int | float = 0.05, test_grou
     if not entries:
         raise UserError(f"no finished video folder ({META_FILE} and {LATENTS_FILE}) under {data_root}")
     notes = [f"- data root: `{data_root}` ({len(entries)} video folders found)"]
-    if min_sync_conf is not None or max_offset is not None:
-        from lipsync.data.curation import curate
-
-        entries, dropped = curate(data_root, entries, min_sync_conf, max_offset)
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        with atomic_path(Path(out_dir) / DROPPED_FILE) as tmp:
-            tmp.write_text("".join(f"{entry}\t{reason}\n" for entry, reason in dropped))
-        notes.append(f"- sync filter: confidence >= {min_sync_conf}, |offset| <= {max_offset}: {len(dropped)} "
-                     f"folders dropped (`{DROPPED_FILE}`: folder and reason), {len(entries)} kept")
-        if not entries:
-            raise UserError(f"every one of the {len(dropped)} folders was dropped by the sync filter "
-                            f"(reasons in {Path(out_dir) / DROPPED_FILE})")
     if official_split is not None:
         splits, how = _official_splits(entries, Path(official_split))
     else:
         splits, how = _group_splits(entries, val_groups, test_groups, seed, group_depth, group_pattern)
-    _write_filelists(Path(out_dir), splits, [*notes, how], command)
+    notes.append(how)
+    if min_sync_conf is not None or max_offset is not None:  # after the split: it stays the split of the groups
+        from lipsync.data.curation import curate
+
+        dropped = []
+        for split in SPLITS:
+            splits[split], out = curate(data_root, splits[split], min_sync_conf, max_offset)
+            dropped += out
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        with atomic_path(Path(out_dir) / DROPPED_FILE) as tmp:
+            tmp.write_text("".join(f"{entry}\t{reason}\n" for entry, reason in sorted(dropped)))
+        notes.append(f"- sync filter (after the split): confidence >= {min_sync_conf}, |offset| <= {max_offset}: "
+                     f"{len(dropped)} folders dropped (`{DROPPED_FILE}`: folder and reason)")
+        if not splits["train"]:
+            raise UserError(f"the sync filter dropped every training folder ({Path(out_dir) / DROPPED_FILE} says why)")
+    _write_filelists(Path(out_dir), splits, notes, command)
     return splits
 
 
