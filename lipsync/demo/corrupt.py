@@ -78,3 +78,21 @@ def corrupt_plan(count: int, seed: int, offsets=range(-6, 7), swapped: float = 0
             k += 1
         specs.append(spec)
     return specs
+
+
+def corrupt_people(raw, people: list[int], seed: int, seconds: float, size: int, shifted: float, swapped: float,
+                   cut: float, offsets=tuple(k for k in range(-6, 7) if k)) -> dict[str, dict]:
+    """Replace the clips raw/id{i:03d}/clip00.mp4 of fractions of `people` with corrupted ones -> {clip: truth}.
+    Shifted clips take `offsets` in turn; a cut falls at a random frame of the middle half of the clip."""
+    rng = np.random.default_rng([seed, 4711])
+    chosen = [int(i) for i in rng.permutation(people)]
+    n_shift, n_swap, n_cut = (round(len(people) * f) for f in (shifted, swapped, cut))
+    kinds = ["shifted"] * n_shift + ["swapped"] * n_swap + ["cut"] * n_cut
+    frames = timing.num_video_frames(round(seconds * timing.AUDIO_SAMPLE_RATE))
+    truths = {}
+    for k, (i, kind) in enumerate(zip(chosen, kinds)):
+        name = f"id{i:03d}/clip00"
+        truths[name] = make_corrupt_clip(Path(raw) / f"{name}.mp4", kind, seed, i, seconds, size,
+                                         offset=offsets[k % len(offsets)] if kind == "shifted" else 0,
+                                         cut=int(rng.integers(frames // 4, 3 * frames // 4)))
+    return truths
