@@ -176,3 +176,19 @@ def test_filelists_drop_out_of_sync_folders_with_reasons(scored, tmp_path, monke
     assert "beyond +-2" in dropped["p1/early3"]
     assert "p0/clean" in train and not set(train) & set(dropped)
     assert "sync filter" in (tmp_path / "filelists_cur" / "README.md").read_text()
+
+
+def test_syncnet_v2_scores_shot_folders_from_their_source_frames(shots, tmp_path):
+    """--syncnet_v2: crops of the source video at the shot's own frames (a shot folder counts from its start)."""
+    import score_sync
+    from lipsync.data.folder import read_sync
+
+    from eval_media import random_syncnet_v2_weights
+
+    weights = random_syncnet_v2_weights(tmp_path / "syncnet_v2.model")
+    _, out, _ = shots
+    summary = run(score_sync, ["--data_root", out / "spk", "--syncnet_v2", weights, "--max_offset", 3])
+    assert summary.startswith("4 done, 0 skipped, 0 failed"), summary
+    record = read_sync(out / "spk" / "cut_shot001")
+    assert record["scorer"] == "syncnet_v2" and record["frames"] == [0, 38] and record["windows"] == 38 - 5
+    assert len(record) and -3 <= record["offset"] <= 3
