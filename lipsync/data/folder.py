@@ -188,7 +188,7 @@ class VideoLatents:
         # rows [first, with_audio) have audio (all of them unless the audio is shorter than the video, or shifted)
         with_audio = bisect.bisect_left(
             range(n), True, key=lambda row: timing.syncnet_window_start(self.audio_frame(fi[row])) >= self.audio_frames)
-        first = int(np.searchsorted(fi, timing.audio_frame(0, -self.offset)))  # audio_frame(fi[row]) >= 0
+        first = int(np.searchsorted(fi, max(self.offset, 0)))  # the first row whose audio_frame is >= 0
         rows = np.arange(first, max(first, with_audio - T + 1))
         self.starts = rows[fi[rows + T - 1] - fi[rows] == T - 1]  # int64 [S], ascending
         self.start_frames = sf = fi[self.starts]  # [S]
