@@ -154,6 +154,15 @@ def test_rescoring_skips_what_the_same_expert_scored(scored, trained_expert):
     assert again.startswith("0 done, 4 skipped, 2 failed")
 
 
+def test_score_sync_exits_1_when_nothing_could_be_scored(scored, trained_expert, capsys):
+    import score_sync
+
+    out, _ = scored
+    summary = run(score_sync, ["--data_root", out / "p5", "--syncnet", trained_expert.checkpoint], exit_code=1)
+    assert "0 done, 0 skipped, 1 failed" in summary
+    assert "none of the 1 folders could be scored" in capsys.readouterr().err
+
+
 def test_filelists_drop_out_of_sync_folders_with_reasons(scored, tmp_path, monkeypatch):
     """make_filelists.py --min_sync_conf --max_offset: low confidence, large offsets and unscored folders go to
     dropped.txt with the reason, never into a split."""
