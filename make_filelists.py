@@ -3,6 +3,7 @@ r"""Make a dataset's train/val/test filelists (seeded splits of whole speaker / 
     python make_filelists.py --data_root /data/lrs2_latents --name lrs2 --lrs2_split_dir /data/lrs2
     python make_filelists.py --data_root /data/hdtf_latents --name hdtf --val 20 --test 20 --group_pattern '(.+)_\d+$'
     python make_filelists.py --union 3300_and_hdtf --parts 3300 hdtf
+    python make_filelists.py --data_root D --name curated --min_sync_conf 3 --max_offset 6   # after score_sync.py
     python make_filelists.py --union all            # parts default to lrs2 3300 hdtf
 
 Lists go to filelists_<name>/ (of the current directory if it has one, else of the project root) with a README.md
@@ -34,6 +35,12 @@ def parse_args(argv):
                              r"is the group, e.g. '(.+)_\d+$' = the path without its trailing clip number")
     parser.add_argument("--lrs2_split_dir", help="folder with LRS2's official train.txt, val.txt, test.txt: "
                                                  "used instead of a random split")
+    parser.add_argument("--min_sync_conf", type=float,
+                        help="leave out folders whose sync confidence (score_sync.py's sync.json) is below this, "
+                             "or that were not scored; listed with the reason in filelists_<name>/dropped.txt")
+    parser.add_argument("--max_offset", type=int,
+                        help="leave out folders whose |AV offset| (frames) is above this (training shifts the audio "
+                             "of the others by their offset)")
     parser.add_argument("--union", choices=tuple(filelists.UNION_PARTS), help="write the union of --parts' lists")
     parser.add_argument("--parts", nargs="+",
                         help="datasets to join (default for --union: "
@@ -61,7 +68,8 @@ def main(argv=None):
     else:
         out_dir = filelists.filelist_dir(args.name, new=True)
         splits = filelists.make_filelists(args.data_root, out_dir, args.val, args.test, args.seed, args.group_depth,
-                                          args.lrs2_split_dir, args.group_pattern, command)
+                                          args.lrs2_split_dir, args.group_pattern, command, args.min_sync_conf,
+                                          args.max_offset)
     print(f"wrote {out_dir}: " + ", ".join(f"{split} {len(entries)}" for split, entries in splits.items()))
 
 

@@ -2,10 +2,13 @@
 
     python video_preprocess.py --data_root RAW --output_root D [--image_size 768] [--codec stabilityai/sd-vae-ft-mse]
         [--pads 0 10 0 0] [--box T B L R] [--nosmooth] [--detect_size 480] [--batch_size 16] [--devices N]
-        [--num_workers K] [--shard i/n] [--fps 25]
+        [--num_workers K] [--shard i/n] [--fps 25] [--no_scene_split] [--scene_threshold 27] [--min_shot_seconds 0.4]
 
 Every video under RAW (any depth; mp4 mov mkv avi mpg mpeg webm) becomes D/<relative path without extension>/
-(LRS2 `group/clip.mp4` -> `D/group/clip/`). Re-running skips finished folders, so an interrupted run resumes.
+(LRS2 `group/clip.mp4` -> `D/group/clip/`); a video with scene cuts becomes one folder per shot,
+D/<...>/clip_shot000/, clip_shot001/, ... (shots under --min_shot_seconds or without a face are dropped and named in
+the summary; --no_scene_split keeps every video whole). Re-running skips finished folders, so an interrupted run
+resumes.
 Exits non-zero if any video failed (each failure is one line of the final summary).
 Then run audio_preprocess.py --data_root D. Layout and latent conventions: docs/ARCHITECTURE.md.
 """
@@ -41,6 +44,12 @@ def parse_args(argv=None):
     p.add_argument("--shard", type=shard_spec, default=(0, 1), metavar="i/n",
                    help="process every n-th video starting at i, to split the list over machines")
     p.add_argument("--fps", type=float, default=timing.VIDEO_FPS, help="frame rate the videos are resampled to")
+    p.add_argument("--no_scene_split", action="store_true",
+                   help="keep each video whole instead of one folder per shot (scene cuts: PySceneDetect)")
+    p.add_argument("--scene_threshold", type=float, default=27.0,
+                   help="ContentDetector threshold: a frame-to-frame change above it is a scene cut")
+    p.add_argument("--min_shot_seconds", type=float, default=0.4,
+                   help="shots of a cut video shorter than this are dropped (0.4 s = two 5-frame windows)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the codec (CUDA): faster encoding after ~40 s of compilation per worker")
     return p.parse_args(argv)
@@ -54,7 +63,8 @@ def main(argv=None):
     settings = VideoSettings(image_size=args.image_size, codec=args.codec, pads=tuple(args.pads),
                              box=tuple(args.box) if args.box else None, smooth=not args.nosmooth,
                              detect_size=args.detect_size, batch_size=args.batch_size, fps=args.fps,
-                             compile=args.compile)
+                             scene_split=not args.no_scene_split, scene_threshold=args.scene_threshold,
+                             min_shot_seconds=args.min_shot_seconds, compile=args.compile)
     devices = resolve_devices(args.devices)
     num_workers = args.num_workers or (len(devices) if devices[0] != "cpu" else 1)
     outcomes = preprocess_videos(args.data_root, args.output_root, settings, devices, num_workers, args.shard)

@@ -172,12 +172,16 @@ def face_boxes(frames: Iterable[np.ndarray], detector: FaceDetector | None, batc
     detector box), smooth over time, square with `pads` and `margin`. Frames without a face get NaN boxes and
     found=False; the caller decides what to do with them (skip when preprocessing, pass through at inference).
     """
+    return crop_boxes(raw_boxes(frames, detector, batch_size, box), pads, margin, smooth)
+
+
+def raw_boxes(frames: Iterable[np.ndarray], detector: FaceDetector | None, batch_size: int = 32,
+              box=None) -> np.ndarray:
+    """The first half of `face_boxes`: detector boxes (or the fixed user `box`) [N, 4], NaN rows without a face."""
     if box is not None:
-        raw = fixed_box(box, sum(1 for _ in frames))
-    else:
-        raw = np.concatenate([detector.detect(np.stack(batch)) for batch in batched(frames, batch_size)] or
-                             [np.zeros((0, 4), dtype=np.float32)])
-    return crop_boxes(raw, pads, margin, smooth)
+        return fixed_box(box, sum(1 for _ in frames))
+    return np.concatenate([detector.detect(np.stack(batch)) for batch in batched(frames, batch_size)] or
+                          [np.zeros((0, 4), dtype=np.float32)])
 
 
 def crop_boxes(raw: np.ndarray, pads=(0, 0, 0, 0), margin: float = 0.15,

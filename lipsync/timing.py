@@ -10,6 +10,10 @@ Conventions (everything else calls these functions, nothing re-derives them):
 - generator window of frame f: GENERATOR_AUDIO_FRAMES = 10 feature frames (200 ms) CENTRED on the frame,
   i.e. [2f - 4, 2f + 6) at 25 fps, in training and at inference alike (it reaches 120 ms past the frame's
   start);
+- AV offset (lipsync.evaluation.sync's sign, measured by score_sync.py): offset k > 0 means the sound comes k
+  video frames EARLY, so the audio that belongs to video frame f sits at frame audio_frame(f, k) = f - k of the
+  track (k < 0: late, taken from later). Training windows call the window functions with audio_frame(f, k), so a
+  clip whose audio is k frames off trains as in sync (at 25 fps: 2k feature frames);
 - indices outside the feature sequence are clamped to its ends (edge frames repeat), so every frame of a clip
   has a full window and nothing is ever shifted in time.
 """
@@ -44,6 +48,12 @@ def num_samples_for_features(num_frames: int) -> int:
 def num_video_frames(num_samples: int, fps: float = VIDEO_FPS) -> int:
     """Video frames that cover `num_samples` of audio (rounded to the nearest frame)."""
     return int(round(num_samples / AUDIO_SAMPLE_RATE * fps))
+
+
+def audio_frame(frame: int, offset: int = 0) -> int:
+    """The audio track's frame that belongs to video frame `frame` of a clip with AV offset `offset` (> 0: the sound
+    comes early; see the module doc)."""
+    return frame - offset
 
 
 def clamp_window(start: int, length: int, num_frames: int) -> np.ndarray:

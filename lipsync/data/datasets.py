@@ -2,7 +2,8 @@
 
 Windows: a window is T rows holding T consecutive frames (no dropped frame inside). The negative (SyncNet) or
 reference (generator) window starts >= T frames away from the positive one, so it is never a near-duplicate.
-Audio windows come from lipsync.timing only.
+Audio windows come from lipsync.timing only, at the folder's measured AV offset (sync.json, score_sync.py):
+a clip whose sound is k frames off trains as in sync.
 
 Sampling: training item idx of epoch e is drawn from np.random.default_rng((seed, e, idx)): the same in any
 worker, new each epoch, no worker seeding needed. Validation items are a fixed list drawn once from the seed:
@@ -108,7 +109,8 @@ class WindowDataset(Dataset):
 
     def _sync_audio(self, video: VideoLatents, s: int) -> torch.Tensor:
         """Audio of the window at row s: [2T, D]."""
-        return timing.syncnet_audio_window(video.features(), int(video.frame_index[s]), self.T).to(self.dtype)
+        return timing.syncnet_audio_window(video.features(), video.audio_frame(video.frame_index[s]),
+                                           self.T).to(self.dtype)
 
 
 class SyncNetDataset(WindowDataset):
@@ -133,5 +135,5 @@ class GeneratorDataset(WindowDataset):
         return dict(masked=video.latents("masked", s).to(self.dtype),
                     reference=video.latents("full", w).to(self.dtype),
                     gt=video.latents("full", s).to(self.dtype),
-                    audio=timing.generator_audio_windows(video.features(), video.frames(s)).to(self.dtype),
+                    audio=timing.generator_audio_windows(video.features(), video.audio_frames_of(s)).to(self.dtype),
                     sync_audio=self._sync_audio(video, s))

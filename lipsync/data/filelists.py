@@ -16,6 +16,7 @@ from lipsync.files import atomic_path
 DATASET_NAMES = ("lrs2", "hdtf", "3300", "3300_and_hdtf", "all")
 UNION_PARTS = {"3300_and_hdtf": ("3300", "hdtf"), "all": ("lrs2", "3300", "hdtf")}
 SPLITS = ("train", "val", "test")
+DROPPED_FILE = "dropped.txt"  # folders the sync filter left out, tab, the reason
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -69,8 +70,14 @@ def read_filelist(name: str, split: str, data_root) -> list[Path]:
 
 def make_filelists(data_root, out_dir, val_groups: int | float = 0.05, test_groups: int | float = 0.05,
                    seed: int = 0, group_depth: int = 1, official_split=None, group_pattern: str | None = None,
-                   command: str | None = None) -> dict[str, list[str]]:
+                   command: str | None = None, min_sync_conf: float | None = None,
+                   max_offset: int | None = None) -> dict[str, list[str]]:
     """Write out_dir/{train,val,test}.txt and a README.md saying how they were made; returns {split: entries}.
+
+    min_sync_conf / max_offset (either given): folders whose sync.json (score_sync.py) has a lower confidence or a
+    larger |offset|, or that were never scored, are left out of their split (so the groups of each split do not
+    depend on the filter) and listed with the reason in
+    out_dir/dropped.txt (lipsync.data.curation.curate).
 
     Video folders are grouped (by default the first `group_depth` path parts, e.g. LRS2 `<source id>/<clip>`; or
     `group_pattern`, a regex searched in the relative path whose first group, else whole match, is the group) and
@@ -81,12 +88,27 @@ def make_filelists(data_root, out_dir, val_groups: int | float = 0.05, test_grou
     entries = find_video_folders(data_root)
     if not entries:
         raise UserError(f"no finished video folder ({META_FILE} and {LATENTS_FILE}) under {data_root}")
+    notes = [f"- data root: `{data_root}` ({len(entries)} video folders found)"]
     if official_split is not None:
         splits, how = _official_splits(entries, Path(official_split))
     else:
         splits, how = _group_splits(entries, val_groups, test_groups, seed, group_depth, group_pattern)
-    _write_filelists(Path(out_dir), splits, [f"- data root: `{data_root}` ({len(entries)} video folders found)",
-                                             how], command)
+    notes.append(how)
+    if min_sync_conf is not None or max_offset is not None:  # after the split: it stays the split of the groups
+        from lipsync.data.curation import curate
+
+        dropped = []
+        for split in SPLITS:
+            splits[split], out = curate(data_root, splits[split], min_sync_conf, max_offset)
+            dropped += out
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        with atomic_path(Path(out_dir) / DROPPED_FILE) as tmp:
+            tmp.write_text("".join(f"{entry}\t{reason}\n" for entry, reason in sorted(dropped)))
+        notes.append(f"- sync filter (after the split): confidence >= {min_sync_conf}, |offset| <= {max_offset}: "
+                     f"{len(dropped)} folders dropped (`{DROPPED_FILE}`: folder and reason)")
+        if not splits["train"]:
+            raise UserError(f"the sync filter dropped every training folder ({Path(out_dir) / DROPPED_FILE} says why)")
+    _write_filelists(Path(out_dir), splits, notes, command)
     return splits
 
 

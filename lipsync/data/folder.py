@@ -8,6 +8,9 @@
                        written LAST: its presence marks a finished folder (an interrupted one is never read)
   wav2vec2.pt          dict(features fp16 [F, D], model_id str, hidden_size int, num_samples int), F =
                        timing.num_feature_frames(num_samples); written by the audio stage
+  sync.json            the measured AV offset and confidence (score_sync.py; lipsync.data.curation): scorer, its
+                       fingerprint, offset (video frames at 25 fps, > 0: the sound comes early, the sign of
+                       lipsync.evaluation.sync), confidence, distance, windows; training windows correct the offset
 
 Every file is written under a temp name and renamed (lipsync.files.atomic_path).
 """
@@ -33,6 +36,7 @@ LATENTS_FILE = "latents.safetensors"
 FEATURES_FILE = "wav2vec2.pt"
 AUDIO_FILE = "audio.wav"
 META_FILE = "meta.json"
+SYNC_FILE = "sync.json"
 
 
 def write_video_folder(folder, full, masked, frame_index, meta: dict, audio: np.ndarray | None = None,
@@ -99,6 +103,31 @@ def find_video_folders(data_root) -> list[str]:
     return sorted(found)
 
 
+def write_sync(folder, record: dict) -> Path:
+    """folder/sync.json: one sync score of the folder (see the module doc)."""
+    path = Path(folder) / SYNC_FILE
+    with atomic_path(path) as tmp:
+        tmp.write_text(_json_lines(record))
+    return path
+
+
+def read_sync(folder) -> dict | None:
+    """The folder's sync.json, None when it was never scored."""
+    path = Path(folder) / SYNC_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(f"cannot read {path}: {err}") from None
+
+
+def sync_offset(folder) -> int:
+    """The AV offset to correct when training on the folder (video frames, > 0: sound early); 0 if not scored."""
+    record = read_sync(folder)
+    return int(record["offset"]) if record else 0
+
+
 def read_meta(folder) -> dict:
     path = Path(folder) / META_FILE
     try:
@@ -125,7 +154,9 @@ class VideoLatents:
     """One video folder: a small picklable index built once, tensors read lazily through per-process caches.
 
     starts: rows i whose window rows i..i+T-1 hold T consecutive frames (frame_index[i+T-1] - frame_index[i] ==
-    T - 1) that all have audio; anchors: the starts with another start >= T frames away (usable as positives).
+    T - 1) that all have audio; offset: the AV offset of sync.json (0 when not scored): the audio of frame f is
+    taken at timing.audio_frame(f, offset), and windows whose audio would start outside the track are left out;
+    anchors: the starts with another start >= T frames away (usable as positives).
     """
 
     def __init__(self, folder, T: int = timing.SYNCNET_T):
@@ -152,14 +183,20 @@ class VideoLatents:
                             f"increasing frame_index [N]; got {full_shape}, {masked_shape}, [{n}]")
         self.latent_shape = full_shape[1:]  # (C, h, w)
 
+        self.offset = sync_offset(self.folder)
         fi = self.frame_index
-        # rows [0, with_audio) have audio (all of them unless the audio is shorter than the video)
+        # rows [first, with_audio) have audio (all of them unless the audio is shorter than the video, or shifted)
         with_audio = bisect.bisect_left(
-            range(n), True, key=lambda row: timing.syncnet_window_start(int(fi[row])) >= self.audio_frames)
-        rows = np.arange(max(0, with_audio - T + 1))
+            range(n), True, key=lambda row: timing.syncnet_window_start(self.audio_frame(fi[row])) >= self.audio_frames)
+        first = int(np.searchsorted(fi, max(self.offset, 0)))  # the first row whose audio_frame is >= 0
+        rows = np.arange(first, max(first, with_audio - T + 1))
         self.starts = rows[fi[rows + T - 1] - fi[rows] == T - 1]  # int64 [S], ascending
         self.start_frames = sf = fi[self.starts]  # [S]
         self.anchors = self.starts[(sf - sf[:1] >= T) | (sf[-1:] - sf >= T)]  # [A]
+
+    def audio_frame(self, frame) -> int:
+        """The frame of the audio track that belongs to video frame `frame` (timing.audio_frame of the offset)."""
+        return timing.audio_frame(int(frame), self.offset)
 
     def far_starts(self, row: int) -> np.ndarray:
         """Window starts (rows) whose first frame is >= T frames from row's: [K]."""
@@ -179,4 +216,8 @@ class VideoLatents:
     def frames(self, row: int) -> list[int]:
         """25-fps frame indices of the window at row: [T]."""
         return self.frame_index[row:row + self.T].tolist()
+
+    def audio_frames_of(self, row: int) -> list[int]:
+        """Audio track frames of the window at row (its frames, shifted by the offset): [T]."""
+        return [self.audio_frame(frame) for frame in self.frames(row)]
 

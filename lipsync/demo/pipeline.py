@@ -64,6 +64,20 @@ DRIVING_STREAM = 7919  # seed stream of the held-out driving speech: default_rng
 
 
 @dataclasses.dataclass(frozen=True)
+class Curation:
+    """The curation experiment (bench/bench_curation.py): training people whose clips are corrupted
+    (lipsync.demo.corrupt: fractions shifted / swapped / cut; val and test people stay clean), and optionally the
+    data scored by an expert (`score_with`, a checkpoint) and filtered (make_filelists' min_sync_conf / max_offset)
+    before training, which then also shifts the audio of the kept folders by their measured offset."""
+    shifted: float = 0.3
+    swapped: float = 0.15
+    cut: float = 0.15
+    score_with: str | None = None
+    min_sync_conf: float | None = None
+    max_offset: int | None = 6
+
+
+@dataclasses.dataclass(frozen=True)
 class Profile:
     """Sizes and budgets of one demo run."""
     identities: int  # people rendered; whole people go to val / test
@@ -159,11 +173,13 @@ def _last_checkpoint(trainer) -> Path:
 SCRIPTS = ("video_preprocess", "audio_preprocess", "unet_syncnet_lightning", "unet_wav2lip_lightning")
 
 
-def run_demo(output_root, scripts: dict[str, Callable], profile: str = "full", seed: int = 0, log=print) -> dict:
+def run_demo(output_root, scripts: dict[str, Callable], profile: str = "full", seed: int = 0, log=print,
+             curation: Curation | None = None) -> dict:
     """The whole workflow into output_root (data/, models/, filelists_synthetic/, experiments/, results/);
     returns the metrics (and `seconds`, `stage_seconds`). scripts: the `main(argv)` of each of SCRIPTS (demo.py
-    passes the top-level scripts' own), called exactly as their command lines would be."""
-    from lipsync.data.filelists import make_filelists
+    passes the top-level scripts' own), called exactly as their command lines would be. curation: corrupt the
+    training people's clips (and curate them) first; `Curation`."""
+    from lipsync.data.filelists import _group_splits, make_filelists
     from lipsync.inference import lip_sync, load_models
 
     p = PROFILES[profile]
@@ -179,6 +195,14 @@ def run_demo(output_root, scripts: dict[str, Callable], profile: str = "full", s
     with stage("data"):
         synthetic.make_dataset(raw, p.identities, 1, p.clip_seconds, seed, size=p.frame_size, workers=CPU_WORKERS)
         driving = make_driving_speech(root / "data" / "driving", p.test_identities, p.clip_seconds, seed)
+        if curation:  # the people make_filelists will put in train: the split of the same group names and seed
+            planned, _ = _group_splits([f"id{i:03d}/clip00" for i in range(p.identities)], p.val_identities,
+                                       p.test_identities, seed, 1, None)
+            from lipsync.demo.corrupt import corrupt_people
+
+            truths = corrupt_people(raw, [int(e[2:5]) for e in planned["train"]], seed, p.clip_seconds,
+                                    p.frame_size, curation.shifted, curation.swapped, curation.cut)
+            (root / "data" / "corruption.json").write_text(json.dumps(truths, indent=0))
 
     with stage("codec"):
         crops = render_codec_faces(p.vae_pool, p.frame_size, p.image_size, seed, PADS)
@@ -193,11 +217,19 @@ def run_demo(output_root, scripts: dict[str, Callable], profile: str = "full", s
                                      "--num_workers", str(CPU_WORKERS)])
         scripts["audio_preprocess"](["--data_root", str(latents), "--audio_encoder", str(models / "wav2vec2"),
                                      "--device", "cpu"])
+        sync_filter = {}
+        if curation and curation.score_with:  # what `score_sync.py --data_root D --syncnet CKPT` does
+            from lipsync.data.curation import LatentScorer, score_dataset
+
+            outcomes = score_dataset(latents, LatentScorer.load(curation.score_with), progress=False)
+            log(f"demo: sync scored {sum(o.status == 'done' for o in outcomes)} of {len(outcomes)} folders")
+            sync_filter = dict(min_sync_conf=curation.min_sync_conf, max_offset=curation.max_offset)
         # what `make_filelists.py --data_root D --name synthetic --val V --test T` does, into output_root
         command = shlex.join(["python", "make_filelists.py", "--data_root", str(latents), "--name", DATASET,
-                              "--val", str(p.val_identities), "--test", str(p.test_identities), "--seed", str(seed)])
+                              "--val", str(p.val_identities), "--test", str(p.test_identities), "--seed", str(seed),
+                              *[f"--{k}={v}" for k, v in sync_filter.items() if v is not None]])
         splits = make_filelists(latents, root / f"filelists_{DATASET}", p.val_identities,
-                                            p.test_identities, seed, command=command)
+                                p.test_identities, seed, command=command, **sync_filter)
         log("demo: filelists " + ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
 
     common = ["--data_root", str(latents), "--dataset_name", DATASET, "--num_workers", "0", "--devices", "1",

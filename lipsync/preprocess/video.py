@@ -1,7 +1,10 @@
 """Video stage: raw videos -> dataset folders (latents.safetensors, audio.wav, meta.json; lipsync.data.folder).
 
-Frames without a face are dropped (a gap in frame_index), never shifted. Finished folders are skipped, so an
-interrupted run redoes exactly the unfinished videos. A video that fails becomes one line of the final summary.
+Frames without a face are dropped (a gap in frame_index), never shifted. A video with scene cuts becomes one
+folder per shot (lipsync.preprocess.shots: `<name>_shot{k:03d}`; shots shorter than min_shot_seconds or without a
+face are dropped and named in the video's summary line); boxes are smoothed within a shot only. Finished folders
+are skipped, so an interrupted run redoes exactly the unfinished videos. A video that fails becomes one line of the
+final summary.
 """
 from __future__ import annotations
 
@@ -23,13 +26,14 @@ from tqdm import tqdm
 
 from lipsync import timing
 from lipsync.audio import load_audio
-from lipsync.data.folder import is_finished, write_video_folder
+from lipsync.data.folder import is_finished, read_meta, write_video_folder
 from lipsync.errors import UserError
-from lipsync.faces import FaceDetector, crop_faces, face_boxes
+from lipsync.faces import FaceDetector, crop_boxes, crop_faces, raw_boxes
 from lipsync.files import check_writable_folder, walk
 from lipsync.iterables import background, batched
 from lipsync.latent_codec import DEFAULT_CODEC, LatentCodec, mask_lower_half, padded_call, uint8_to_model
 from lipsync.preprocess.report import Outcome, attempt
+from lipsync.preprocess.shots import DEFAULT_THRESHOLD, CutDetector, shot_folder, shot_folders, shot_ranges
 from lipsync.video_io import VideoInfo, iter_frames, probe_video
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".mkv", ".avi", ".mpg", ".mpeg", ".webm"})
@@ -57,7 +61,20 @@ class VideoSettings:
     detect_size: int = 480
     batch_size: int = 16
     fps: float = timing.VIDEO_FPS
+    scene_split: bool = True  # one folder per shot of a video with scene cuts
+    scene_threshold: float = DEFAULT_THRESHOLD  # ContentDetector's cut threshold
+    min_shot_seconds: float = 0.4  # shorter shots of a cut video are dropped (0.4 s: two 5-frame windows apart)
     compile: bool = False  # torch.compile the codec (CUDA only; execution, not recipe: never in meta.json)
+
+
+@dataclass(frozen=True)
+class Shot:
+    """A kept shot of a video: frames [start, end) at the dataset fps, its square boxes [end - start, 4] and found."""
+    index: int
+    start: int
+    end: int
+    boxes: np.ndarray
+    found: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -146,24 +163,58 @@ class VideoPreprocessor:
         info = probe_video(job.video)  # fails fast on a file that is not a video
         audio = load_audio(job.video)  # fails fast on a video without audio; float32 [S] at 16 kHz
         frames = iter_frames(job.video, target_fps=s.fps)
-        boxes, found = face_boxes(_until(stop, frames), self.detector, s.batch_size,
-                                  pads=s.pads, smooth=s.smooth, box=s.box)
-        if not found.any():
-            raise UserError(f"no face found in any of its {len(found)} frames at {s.fps:g} fps")
-        if found.sum() < timing.SYNCNET_T:
-            raise UserError(f"too short to train on: a face in {found.sum()} of its {len(found)} frames at "
-                            f"{s.fps:g} fps, and a training window is {timing.SYNCNET_T} frames")
-        return info, audio, boxes, found
+        cutter = CutDetector(s.scene_threshold) if s.scene_split else None
+        raw = raw_boxes(_until(stop, cutter.watch(frames) if cutter else frames), self.detector, s.batch_size,
+                        box=s.box)  # [N, 4], NaN without a face
+        ranges = shot_ranges(cutter.cuts if cutter else [], len(raw))
+        shots, notes = [], []
+        for k, (a, b) in enumerate(ranges):
+            boxes, found = crop_boxes(raw[a:b], s.pads, smooth=s.smooth)  # smoothed within the shot only
+            where = f"shot {k} (frames {a}-{b - 1}): " if len(ranges) > 1 else ""
+            if len(ranges) > 1 and b - a < s.min_shot_seconds * s.fps:
+                notes.append(f"{where}{(b - a) / s.fps:.2f} s < --min_shot_seconds {s.min_shot_seconds:g}")
+            elif not found.any():
+                notes.append(f"{where}no face found in any of its {len(found)} frames at {s.fps:g} fps")
+            elif found.sum() < timing.SYNCNET_T:
+                notes.append(f"{where}too short to train on: a face in {found.sum()} of its {len(found)} frames at "
+                             f"{s.fps:g} fps, and a training window is {timing.SYNCNET_T} frames")
+            else:
+                shots.append(Shot(k, a, b, boxes, found))
+        if not shots:
+            raise UserError("; ".join(notes))
+        return info, audio, ranges, shots, notes
 
     def _second_pass(self, job: VideoJob, first: tuple | Exception) -> Outcome:
         """Crop + encode (second decode), then write the three files."""
         if isinstance(first, Exception):
             raise first
         s = self.settings
-        info, audio, boxes, found = first
-        full, masked, frame_index = self._encode(job.video, boxes, found)
+        info, audio, ranges, shots, notes = first
+        num_frames = ranges[-1][1]
+        boxes = np.full((num_frames, 4), np.nan, np.float32)
+        found = np.zeros(num_frames, bool)
+        for shot in shots:
+            boxes[shot.start:shot.end], found[shot.start:shot.end] = shot.boxes, shot.found
+        full, masked, frame_index = self._encode(job.video, boxes, found)  # one decode pass for every shot
+        for shot in shots:
+            rows = slice(*np.searchsorted(frame_index.numpy(), [shot.start, shot.end]))
+            a, b = (round(f * timing.AUDIO_SAMPLE_RATE / s.fps) for f in (shot.start, shot.end))
+            meta = self._meta(job, info, audio[a:b] if len(ranges) > 1 else audio, shot, full.shape[1:])
+            if len(ranges) > 1:
+                meta["shot"] = {"index": shot.index, "start_frame": shot.start, "end_frame": shot.end,
+                                "cuts": [start for start, _ in ranges[1:]], "kept": [x.index for x in shots]}
+            out_dir = shot_folder(job.out_dir, shot.index) if len(ranges) > 1 else job.out_dir
+            write_video_folder(out_dir, full[rows], masked[rows], frame_index[rows] - shot.start, meta,
+                               audio=audio[a:b] if len(ranges) > 1 else audio)
+        message = "; ".join(filter(None, [truncation_note(info, num_frames, s.fps),
+                                          f"{len(ranges)} shots, {len(shots)} kept" if len(ranges) > 1 else "",
+                                          *(f"dropped {note}" for note in notes)]))
+        return Outcome(job.name, "done", message, frames=num_frames)
 
-        meta = {
+    def _meta(self, job: VideoJob, info: VideoInfo, audio: np.ndarray, shot: Shot, latent_shape) -> dict:
+        s = self.settings
+        found, boxes = shot.found, shot.boxes
+        return {
             "source": str(job.video.absolute()),
             "relative_path": job.name,
             "source_fps": info.fps,
@@ -175,7 +226,7 @@ class VideoPreprocessor:
             "codec": s.codec,
             "scaling_factor": self.codec.scaling_factor,
             "shift_factor": self.codec.shift_factor,
-            "latent_shape": list(full.shape[1:]),
+            "latent_shape": list(latent_shape),
             "audio_samples": len(audio),
             "audio_sample_rate": timing.AUDIO_SAMPLE_RATE,
             "face_recipe": {"detect_size": s.detect_size, "pads": list(s.pads), "smooth": s.smooth,
@@ -184,8 +235,6 @@ class VideoPreprocessor:
             "boxes": np.round(boxes[found].astype(np.float64), 2).tolist(),
             "code_version": code_version(),
         }
-        write_video_folder(job.out_dir, full, masked, frame_index, meta, audio=audio)
-        return Outcome(job.name, "done", truncation_note(info, len(found), s.fps), frames=len(found))
 
     @torch.inference_mode()
     def _encode(self, video: Path, boxes: np.ndarray, found: np.ndarray):
@@ -245,12 +294,23 @@ def preprocess_videos(data_root, output_root, settings: VideoSettings, devices: 
     if not videos:
         raise UserError(f"no videos ({' '.join(sorted(VIDEO_EXTENSIONS))}) under {data_root}")
     jobs = take_shard(video_jobs(videos, data_root, output_root), shard)
-    complete = [is_finished(job.out_dir) for job in jobs]
+    complete = [job_finished(job.out_dir) for job in jobs]
     pending = [job for job, done in zip(jobs, complete) if not done]
     outcomes = [Outcome(job.name, "skipped") for job, done in zip(jobs, complete) if done]
     results = run_video_jobs(pending, settings, devices, num_workers)
     outcomes += tqdm(results, total=len(pending), unit="video", desc="videos")
     return outcomes
+
+
+def job_finished(out_dir) -> bool:
+    """A video's folder is finished, or (a video with cuts) every shot folder its first finished shot lists is."""
+    if is_finished(out_dir):
+        return True
+    done = [folder for folder in shot_folders(out_dir) if is_finished(folder)]
+    if not done:
+        return False
+    kept = read_meta(done[0]).get("shot", {}).get("kept", [])
+    return bool(kept) and all(is_finished(shot_folder(out_dir, k)) for k in kept)
 
 
 def take_shard(items: list, shard: tuple[int, int]) -> list:
