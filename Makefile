@@ -7,6 +7,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
+# torch's OpenMP threads spin only briefly before sleeping: the tests run processes side by side (BENCHMARKS.md, CPU)
+export GOMP_SPINCOUNT ?= 10000
 
 $(VENV)/.installed: requirements.txt requirements-cpu.txt requirements-eval.txt
 	$(PYTHON) -m venv $(VENV)

@@ -18,6 +18,10 @@ import shutil
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is built locally; nothing may reach the hub
+# OpenMP threads that find no work sleep after a short spin (libgomp's default spin is long): as fast on an idle
+# machine, and several times faster when another process wants the cores too (BENCHMARKS.md, CPU). Read by
+# libgomp when torch loads it, so it is set before any import of torch.
+os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 from lipsync.errors import cli_entry  # noqa: E402
 
