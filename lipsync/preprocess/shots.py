@@ -18,6 +18,8 @@ from typing import Iterable, Iterator
 import cv2
 import numpy as np
 
+from lipsync.errors import UserError
+
 DETECT_SIDE = 256  # frames are shrunk to this longer side before cut detection (the score is a mean over pixels)
 DEFAULT_THRESHOLD = 27.0  # ContentDetector's own default
 
@@ -26,8 +28,12 @@ class CutDetector:
     """Feed frames in order (`watch`); `cuts` then lists the first frame of every shot after the first."""
 
     def __init__(self, threshold: float = DEFAULT_THRESHOLD):
-        from scenedetect.detectors import ContentDetector
-        from scenedetect.scene_detector import FlashFilter
+        try:
+            from scenedetect.detectors import ContentDetector
+            from scenedetect.scene_detector import FlashFilter
+        except ImportError:
+            raise UserError("splitting videos at scene cuts needs PySceneDetect: pip install --no-deps "
+                            "-r requirements-eval.txt (or pass --no_scene_split)") from None
 
         # SUPPRESS with length 1: every cut is reported at once and none is merged away, so a shot never spans one
         self.detector = ContentDetector(threshold=threshold, min_scene_len=1,
