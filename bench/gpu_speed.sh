@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Issue #27's speed table in ONE device call: the public reference and this project side by side on one GPU.
 #   bash bench/gpu_speed.sh OUTDIR
-# The checkout must hold (ignored folders, carried to the GPU machine): .whl/ (the project's wheels:
-# ../shared/gpu/README.md), .refbench/ (the reference: ../shared/gpu/reference/README.md) and .clips/
+# The checkout must hold (ignored folders, carried to the GPU machine): .whl/ (wheels of the packages a bare GPU image lacks:
+# diffusers, deepspeed, av, ...), .refbench/ (the reference implementation's harness) and .clips/
 # (hdtf_WDA_KatieHill_000.mp4, audio/latentsync_demo1_audio.wav 9.6 s, audio/musetalk_eng.wav 60 s).
 #
 # Pieces run in the order of GPU_SPEED_PIECES (default: all, the most decisive first). A piece starts only if its
