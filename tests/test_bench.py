@@ -60,11 +60,7 @@ def test_bench_app_runs_on_the_cpu_with_the_tiny_model(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def bench_realtime():
-    path = Path(__file__).resolve().parents[1] / "bench" / "bench_realtime.py"
-    spec = importlib.util.spec_from_file_location("bench_realtime", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("bench_realtime")
 
 
 def test_the_realtime_benchmark_runs_on_the_cpu_with_the_tiny_models(bench_realtime, speech, tmp_path, capsys):
@@ -87,11 +83,7 @@ def test_the_realtime_benchmark_runs_on_the_cpu_with_the_tiny_models(bench_realt
 
 @pytest.fixture(scope="module")
 def bench_resume():
-    path = Path(__file__).resolve().parents[1] / "bench" / "bench_resume.py"
-    spec = importlib.util.spec_from_file_location("bench_resume", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("bench_resume")
 
 
 def test_resume_bench_compares_logged_losses_and_weights(bench_resume, tmp_path):
