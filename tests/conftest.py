@@ -11,12 +11,10 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from lipsync import model_zoo  # noqa: E402
-from lipsync.checkpoint import encode_model_card  # noqa: E402
 
 from media import GRID, GRID2, Clip, Media, make_media, real_speech  # noqa: E402
 
 torch.set_num_threads(2)
-TINY_CROP_SIZE = 64  # the tiny generator's face crops: the tiny VAE's 4x down -> 16x16 latents, the UNet's size
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -61,19 +59,9 @@ def tiny_models(tmp_path_factory):
 @pytest.fixture(scope="session")
 def generator_checkpoint(tiny_models):
     """A Lightning-style tiny generator checkpoint whose model card names the tiny codec and audio encoder."""
-    from models.unet import AUDIO_POSITIONS, build_unet
+    from tiny_generator import write_tiny_generator
 
-    config = model_zoo.tiny_unet_config()  # cross-attention 32 = the tiny Wav2Vec2's hidden size
-    torch.manual_seed(0)
-    unet = build_unet(config)
-    card = {"kind": "generator", "unet_config": config, "audio_encoder": tiny_models["wav2vec2"],
-            "audio_hidden_size": 32, "codec": tiny_models["vae"], "image_size": TINY_CROP_SIZE,
-            "audio_positions": AUDIO_POSITIONS}
-    state = {f"unet.{k}": v for k, v in unet.state_dict().items()}
-    state["model_card"] = encode_model_card(card)
-    path = tiny_models["root"] / "generator.ckpt"
-    torch.save({"state_dict": state, "epoch": 0}, path)
-    return path
+    return write_tiny_generator(tiny_models, tiny_models["root"] / "generator.ckpt")
 
 
 @pytest.fixture(scope="session")
