@@ -277,14 +277,15 @@ def run_demo(output_root, scripts: dict[str, Callable], profile: str = "full", s
     with stage("evaluate"):
         from lipsync.evaluation.expert import expert_sync_scores, load_expert
         from lipsync.evaluation.quality import ssim_psnr
+        from lipsync.faces import FaceDetector
         from lipsync.video_io import iter_frames
 
-        expert = load_expert(syncnet_ckpt)
+        expert, detector = load_expert(syncnet_ckpt), FaceDetector()
         for clip in clips:
             face_json = json.loads(clip["face"].with_suffix(".json").read_text())
             boxes = np.array(face_json["boxes"])
             for key, video in (("output", clip["output_path"]), ("input", clip["face"])):
-                clip[f"lse_{key}"] = expert_sync_scores(expert, video, clip["audio"], pads=PADS)
+                clip[f"lse_{key}"] = expert_sync_scores(expert, video, clip["audio"], pads=PADS, detector=detector)
             clip["output"] = measure_video(clip["output_path"], boxes)
             clip["input"] = measure_video(clip["face"], boxes)
             n = min(len(clip["true"]), len(clip["output"]), len(clip["input"]))

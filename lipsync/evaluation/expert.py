@@ -123,10 +123,11 @@ def _read(video, audio) -> tuple[np.ndarray, np.ndarray]:
 
 
 def expert_sync_scores(expert, video, audio=None, pads=DEFAULT_PADS, box=None, vshift: int = VSHIFT,
-                       batch_size: int = 64) -> SyncScores:
+                       batch_size: int = 64, detector: FaceDetector | None = None) -> SyncScores:
     """AV offset / confidence (LSE-C) / distance (LSE-D) of `video` (path; or frames [N, H, W, 3] RGB uint8 at 25
     fps) against `audio` (None: the video's own track; a path; or float32 [S] at 16 kHz) by the expert (`Expert`
-    or a checkpoint path). pads / box: the crop recipe the expert was trained with (video_preprocess.py's)."""
+    or a checkpoint path). pads / box: the crop recipe the expert was trained with (video_preprocess.py's).
+    detector: the caller's FaceDetector (default: a new one on the expert's device)."""
     expert = _as_expert(expert)
     if isinstance(video, (str, Path)):
         frames, speech = _read(video, audio)
@@ -134,7 +135,13 @@ def expert_sync_scores(expert, video, audio=None, pads=DEFAULT_PADS, box=None, v
         if audio is None:
             raise ValueError("frames given without audio")
         frames, speech = np.asarray(video), _read_audio(audio)
-    return scores_from_crops(expert, face_crops(frames, expert.image_size, pads, box), speech, vshift, batch_size)
+    crops = face_crops(frames, expert.image_size, pads, box, detector or _detector(expert, box))
+    return scores_from_crops(expert, crops, speech, vshift, batch_size)
+
+
+def _detector(expert: Expert, box) -> FaceDetector | None:
+    """A detector on the expert's device (its GPU, not the CPU), unless a fixed box makes it unneeded."""
+    return None if box is not None else FaceDetector(device=expert.device)
 
 
 def _read_audio(audio) -> np.ndarray:
@@ -142,7 +149,7 @@ def _read_audio(audio) -> np.ndarray:
 
 
 def planted_offsets(expert, video, audio=None, shifts=range(-3, 4), pads=DEFAULT_PADS, box=None,
-                    vshift: int = VSHIFT) -> dict[int, SyncScores]:
+                    vshift: int = VSHIFT, detector: FaceDetector | None = None) -> dict[int, SyncScores]:
     """The planted-offset check: the same clip with its audio moved k frames earlier (evaluation.sync.shift_audio)
     for each k in `shifts` -> {k: SyncScores}. A working expert reports offset k (within 1) for each. The faces are
     cropped and encoded once."""
@@ -151,7 +158,7 @@ def planted_offsets(expert, video, audio=None, shifts=range(-3, 4), pads=DEFAULT
         frames, speech = _read(video, audio)
     else:
         frames, speech = np.asarray(video), _read_audio(audio)
-    crops = face_crops(frames, expert.image_size, pads, box)
+    crops = face_crops(frames, expert.image_size, pads, box, detector or _detector(expert, box))
     windows = min(len(crops), timing.num_video_frames(len(speech))) - WINDOW
     if windows < 1:
         raise UserError(f"too short to score: {len(crops)} frames")

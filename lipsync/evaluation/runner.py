@@ -279,7 +279,8 @@ def score_video(scorers: Scorers, generated: Path, reference: Path | None, cache
     if "expert" in metrics:
         from lipsync.evaluation.expert import expert_sync_scores
 
-        scores = expert_sync_scores(scorers.expert, frames, audio, pads=options.expert_pads)
+        scores = expert_sync_scores(scorers.expert, frames, audio, pads=options.expert_pads,
+                                    detector=scorers.face_detector)
         row.update({"expert_d": scores.distance, "expert_c": scores.confidence, "expert_offset": scores.offset})
     features = {}
     if reference is not None and metrics & {"fid", "quality", "csim"}:
