@@ -182,8 +182,10 @@ def bench_streams(args, work: Path, pcm: np.ndarray) -> None:
                                  min(r["fps"] for r in results),
                                  all(r["frames"] == r["expected"] for r in results),
                                  (after["frames"] - before["frames"]) / max(1, after["batches"] - before["batches"])))
-                    print(json.dumps({"size": size, "streams": count, "chunk_ms": chunk_ms, "row": rows[-1][3:]},
-                                     default=float), flush=True)
+                    spent = {k: after.get(k, 0) - before.get(k, 0) for k in ("encoder_s", "generate_s",
+                                                                            "encoder_windows", "frames", "batches")}
+                    print(json.dumps({"size": size, "streams": count, "chunk_ms": chunk_ms, "row": rows[-1][3:],
+                                      "scheduler": spent}, default=float), flush=True)
         finally:
             server.stop()
     print(f"\ndevice: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}; "

@@ -30,6 +30,7 @@ import logging
 import os
 import struct
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -167,7 +168,9 @@ class Scheduler:
                 continue
             live.append(connection)
         requests = [r for c in live for r in c.stream.feature_requests(limit=self.options.max_batch)]
+        started = time.perf_counter()
         self.generator.features(requests)
+        encoded = time.perf_counter()
         jobs, owners = [], []
         progress = True
         while progress and len(jobs) < self.options.max_batch:  # round-robin: one frame per connection a turn
@@ -182,6 +185,11 @@ class Scheduler:
             faces = self.generator.faces(jobs)
             self.stats["batches"] += 1
             self.stats["frames"] += len(jobs)
+        # where the scheduler's time goes (GET /stats; bench_realtime.py prints it): speech encoder, generation
+        self.stats["encoder_s"] += encoded - started
+        self.stats["generate_s"] += time.perf_counter() - encoded
+        self.stats["encoder_windows"] += len(requests)
+        if jobs:
             for connection, job, face in zip(owners, jobs, faces):
                 if connection.closed.is_set():
                     continue
