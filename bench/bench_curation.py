@@ -12,7 +12,8 @@ people and the same held-out speech:
 Then the corrupted run's training folders are scored by the clean expert and compared with the truth: offsets found
 exactly (|k| <= 6), mismatched audio flagged (confidence < C: precision, recall), cut frames found (within 1).
 C defaults to half the median confidence of the scored folders (no truth used); --min_sync_conf sets it.
-Prints one table and writes <work>/curation.json.
+Prints one table and writes <work>/curation.json. A finished run is kept (resume); --runs clean and --runs
+corrupted in two processes make the first two side by side, then a plain run does the rest.
 """
 from __future__ import annotations
 
@@ -85,13 +86,18 @@ def measure_scoring(run: Path, expert: Path, min_sync_conf: float | None) -> dic
     }
 
 
+RUNS = ("clean", "corrupted", "curated")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--work", required=True, help="folder for the three runs (clean/, corrupted/, curated/)")
     p.add_argument("--profile", choices=["ci", "full"], default="ci")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--min_sync_conf", type=float, default=None)
-    p.add_argument("--skip_curated", action="store_true", help="only the clean and corrupted runs and the scoring")
+    p.add_argument("--runs", nargs="+", choices=RUNS, default=list(RUNS),
+                   help="the runs to make (a run whose results/metrics.json has this profile and seed is kept, so "
+                        "an interrupted experiment resumes); scoring needs clean and corrupted, curated needs both")
     args = p.parse_args(argv)
 
     import audio_preprocess
@@ -105,21 +111,31 @@ def main(argv=None):
     work = Path(args.work).absolute()
     work.mkdir(parents=True, exist_ok=True)
     log = (lambda line: None) if os.environ.get("QUIET") else print
+
+    def run(name: str, curation=None) -> dict:
+        done = work / name / "results" / "metrics.json"
+        if done.is_file():
+            metrics = json.loads(done.read_text())
+            if (metrics.get("profile"), metrics.get("seed")) == (args.profile, args.seed):
+                print(f"{name}: kept from {done}", flush=True)
+                return metrics
+        metrics = run_demo(work / name, scripts, args.profile, args.seed, log=log, curation=curation)
+        print(f"{name}: {format_metrics(metrics)}", flush=True)
+        return metrics
+
     results = {}
-    results["clean"] = run_demo(work / "clean", scripts, args.profile, args.seed, log=log)
-    print(format_metrics(results["clean"]), flush=True)
-    results["corrupted"] = run_demo(work / "corrupted", scripts, args.profile, args.seed, log=log,
-                                    curation=Curation())
-    print(format_metrics(results["corrupted"]), flush=True)
+    for name in ("clean", "corrupted"):
+        if name in args.runs or "curated" in args.runs:
+            results[name] = run(name, Curation() if name == "corrupted" else None)
+    if "clean" not in results or "corrupted" not in results:
+        return
     expert = _expert(work / "clean")
     scoring = measure_scoring(work / "corrupted", expert, args.min_sync_conf)
     results["scoring"] = scoring
     print(json.dumps({k: v for k, v in scoring.items() if k != "misses"}), flush=True)
-    if not args.skip_curated:
-        results["curated"] = run_demo(work / "curated", scripts, args.profile, args.seed, log=log,
-                                      curation=Curation(score_with=str(expert), min_sync_conf=scoring["threshold"],
-                                                        max_offset=6))
-        print(format_metrics(results["curated"]), flush=True)
+    if "curated" in args.runs:
+        results["curated"] = run("curated", Curation(score_with=str(expert), min_sync_conf=scoring["threshold"],
+                                                     max_offset=6))
     (work / "curation.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
 
     print(f"\nscoring ({scoring['folders']} training folders of the corrupted run, clean expert):")
