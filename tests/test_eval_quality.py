@@ -76,6 +76,18 @@ def test_csim_with_an_arcface_onnx_model(grid_frames, clips, tmp_path):
     assert -1 <= identity.csim(other, own) <= 1
 
 
+def test_arcface_run_by_torch_equals_onnxruntime(tmp_path):
+    """The GPU path (lipsync.onnx_graph runs the graph: Conv, BatchNormalization, PRelu, Flatten, Gemm), here on
+    the CPU, against onnxruntime on the same faces."""
+    path = random_arcface_onnx(tmp_path / "w600k_r50.onnx", seed=3)
+    faces = np.random.default_rng(0).integers(0, 256, (5, 112, 112, 3), dtype=np.uint8)
+    by_torch = identity.ArcFace(path, runtime="torch")
+    assert by_torch.network is not None
+    expected = identity.ArcFace(path).embed(faces)
+    np.testing.assert_allclose(by_torch.embed(faces), expected, atol=1e-5)
+    assert np.abs(expected @ expected.T - np.eye(5)).max() > 0.01  # the faces are told apart: a real comparison
+
+
 def test_a_model_that_is_not_arcface_is_one_line(tmp_path):
     model = torch.nn.Conv2d(3, 4, 3)
     torch.onnx.export(model, torch.zeros(1, 3, 64, 64), str(tmp_path / "w600k_r50.onnx"), dynamo=False)

@@ -1,7 +1,8 @@
 """CSIM: cosine similarity of ArcFace identity embeddings, output video against the source identity.
 
 ArcFace: an insightface ONNX recognition model given by path (w600k_r50.onnx of buffalo_l; any model with input
-[N, 3, 112, 112] and a 512-d output), run with onnxruntime, input RGB (x - 127.5) / 127.5 as insightface feeds it.
+[N, 3, 112, 112] and a 512-d output), run with onnxruntime (by torch on a GPU), input RGB (x - 127.5) / 127.5 as
+insightface feeds it.
 Faces are aligned as insightface does (a similarity transform of 5 landmarks onto its 112 x 112 ArcFace template,
 least squares), with the landmarks of this project's bundled RetinaFace (insightface detects them with SCRFD:
 landmarks, so embeddings, differ slightly).
@@ -13,6 +14,7 @@ for any system and either protocol).
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -81,16 +83,17 @@ def align_faces(frames: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
 
 
 class ArcFace:
-    """An insightface ArcFace ONNX model on onnxruntime: aligned RGB faces -> unit-norm embeddings."""
+    """An insightface ArcFace ONNX model: aligned RGB faces -> unit-norm embeddings. runtime: "onnxruntime" (the
+    default on a CPU) or "torch" (the default on a CUDA device: lipsync.onnx_graph runs the same graph there,
+    outputs equal to onnxruntime's within ~1e-5; a graph with operators it lacks stays on onnxruntime)."""
 
-    def __init__(self, path, providers=None):
+    def __init__(self, path, device="cpu", runtime: str | None = None):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
         try:
-            self.session = ort.InferenceSession(str(path), options,
-                                                providers=providers or ["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as err:  # onnxruntime raises its own exception types
             raise UserError(f"{path} is not an ONNX model onnxruntime can load ({str(err).splitlines()[0]})") from None
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
@@ -100,6 +103,26 @@ class ArcFace:
                             f"not one [N, 3, {ARCFACE_SIZE}, {ARCFACE_SIZE}] input")
         self.input_name = inputs[0].name
         self.batch = shape[0] if isinstance(shape[0], int) else None  # fixed batch size of some exports
+        self.network = None
+        import torch
+
+        self.device = torch.device(device)
+        if (runtime or ("torch" if self.device.type == "cuda" else "onnxruntime")) == "torch":
+            from lipsync.onnx_graph import OnnxGraph, TorchOnnxModule
+
+            try:
+                self.network = TorchOnnxModule(OnnxGraph(Path(path).read_bytes())).to(self.device).eval()
+            except ValueError:  # operators the torch runner lacks: onnxruntime on the CPU, as before
+                if runtime == "torch":
+                    raise
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        if self.network is None:
+            return self.session.run(None, {self.input_name: np.ascontiguousarray(x)})[0]
+        import torch
+
+        with torch.inference_mode():
+            return self.network(torch.from_numpy(np.ascontiguousarray(x)).to(self.device))[0].float().cpu().numpy()
 
     def embed(self, faces: np.ndarray) -> np.ndarray:
         """Aligned faces [N, 112, 112, 3] RGB uint8 -> float32 [N, D], unit norm."""
@@ -110,13 +133,13 @@ class ArcFace:
             chunk = x[i:i + step]
             if self.batch and len(chunk) < self.batch:  # a fixed-batch export: pad the last call
                 chunk = np.concatenate([chunk, np.zeros((self.batch - len(chunk), *chunk.shape[1:]), np.float32)])
-            out.append(self.session.run(None, {self.input_name: np.ascontiguousarray(chunk)})[0][:len(x[i:i + step])])
+            out.append(self._run(chunk)[:len(x[i:i + step])])
         embeddings = np.concatenate(out).reshape(len(x), -1).astype(np.float32) if out else np.zeros((0, 512))
         return embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
 
 
-def load_arcface(weights_dir, check: str = "sha256") -> ArcFace:
-    return ArcFace(weight_path(weights_dir, "arcface", check))
+def load_arcface(weights_dir, check: str = "sha256", device="cpu") -> ArcFace:
+    return ArcFace(weight_path(weights_dir, "arcface", check), device)
 
 
 def face_embeddings(arcface: ArcFace, detector, frames: np.ndarray, batch_size: int = 32) -> np.ndarray:

@@ -209,13 +209,9 @@ class Scorers:
 
             scorers.inception = load_inception(options.weights_dir, options.weights_check, device)
         if references and "csim" in metrics:
-            import onnxruntime as ort
-
             from lipsync.evaluation.identity import load_arcface
 
-            scorers.arcface = load_arcface(options.weights_dir, options.weights_check)
-            if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
-                scorers.arcface.session.set_providers(["CUDAExecutionProvider", "CPUExecutionProvider"])
+            scorers.arcface = load_arcface(options.weights_dir, options.weights_check, device)
         return scorers
 
 
