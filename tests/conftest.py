@@ -17,6 +17,18 @@ from media import GRID, GRID2, Clip, Media, make_media, real_speech  # noqa: E40
 torch.set_num_threads(2)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """For a whole module (`pytestmark = pytest.mark.usefixtures("one_torch_thread")`, so it is set before the
+    module's own fixtures build anything): the tiny models gain nothing from intra-op threads; on a shared 2-core
+    machine OpenMP's waits for a descheduled thread made one 3 s clip take 28 s instead of 2.3 s; and a reduction
+    split over another number of threads rounds differently, so a module compares like with like."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def compile_cache(tmp_path_factory):
     """lipsync.compile_cache writes under LIPSYNC_CACHE_DIR (default ~/.cache/lipsync): a test folder instead."""

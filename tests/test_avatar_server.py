@@ -13,7 +13,6 @@ import time
 import cv2
 import numpy as np
 import pytest
-import torch
 import uvicorn
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
@@ -30,12 +29,7 @@ BOX = (60, 200, 120, 240)
 WAIT_S = 120  # a liveness bound, not a timing: a stalled server fails here instead of hanging the suite
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -27,12 +27,7 @@ FAST = ["--weights_check", "architecture", "--min_track", "10", "--min_face_size
         "--device", "cpu", "--no_progress"]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

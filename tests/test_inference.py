@@ -43,14 +43,7 @@ IMAGE_SIZE = 64  # the tiny generator's crops (conftest.generator_checkpoint)
 GRID = media.GRID.path  # 360x288, 25 fps, 75 frames: the cheapest clip to detect on
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """The tiny models gain nothing from intra-op threads, and on a shared 2-core machine OpenMP's waits for a
-    descheduled thread made one 3 s clip take 28 s instead of 2.3 s."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -26,13 +26,7 @@ BOX = (60, 200, 120, 240)  # a fixed face box (top bottom left right): no detect
 FULL = dict(left_context_s=None, right_context_s=None, silence_db=None)  # the offline path's context
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Before the module's fixtures too: a reduction split over another number of threads rounds differently."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
