@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue #27's speed table in ONE device call: the public reference and this project side by side on one GPU.
+# Issues #27's speed table (and #23's evaluation and #26's real-time benchmarks) in ONE device call: the public reference and this project side by side on one GPU.
 #   bash bench/gpu_speed.sh OUTDIR
 # The checkout must hold (ignored folders, carried to the GPU machine): .whl/ (wheels of the packages a bare GPU image lacks:
 # diffusers, deepspeed, av, ...), .refbench/ (the reference implementation's harness) and .clips/
@@ -29,7 +29,8 @@ long_speech=.clips/audio/musetalk_eng.wav        # 60 s: 1,500 frames
 
 all="install prep ref_train_2 train_b2_fast train_b2_stock train_b2_graphs ref_infer infer_default \
 infer_compile_cold infer_auto_warm ref_train_16 train_b16_fast train_b16_stock steady_768 steady_256_eager \
-steady_256 infer_nobench train_b2_compile train_b2_graphs_single train_b16_graphs"
+steady_256 infer_nobench train_b2_compile train_b2_graphs_single train_b16_graphs eval_speed realtime_256 realtime_512 \
+realtime_256_compile"
 if [ "$tiny" = 1 ]; then
   all="prep train_b2_fast train_b2_stock infer_default"; cap_scale=5   # a slow shared CPU
   clip=${GPU_SPEED_CLIP:?GPU_SPEED_TINY=1 needs GPU_SPEED_CLIP, GPU_SPEED_SPEECH}; speech=${GPU_SPEED_SPEECH:?}
@@ -153,6 +154,25 @@ piece infer_nobench 50 120 nobench infer --outfile "$work/nobench.mp4" --compile
 piece train_b2_compile 120 240 train 2 --compile
 piece train_b2_graphs_single 130 240 train 2 --strategy auto --compile reduce-overhead
 piece train_b16_graphs 140 260 train 16 --compile reduce-overhead
+
+# ------------------------------------------------------------------------------------ evaluation and real time
+# each metric's seconds per 512 px video next to the inference it scores (FID needs torch-fidelity: .whl_fidelity/)
+evaluation() {
+  ls .whl_fidelity/*.whl >/dev/null 2>&1 && python3 -m pip install -q --no-index --no-deps --no-compile \
+    --upgrade --target /tmp/torch_fidelity .whl_fidelity/*.whl && export LIPSYNC_TORCH_FIDELITY=/tmp/torch_fidelity
+  "$py" bench/bench_evaluate.py --work "$work/evaluation" --size 512 --seconds 10 --videos 3 "$@"
+}
+# streams vs delay through the real server; SIZE, then extra flags (--compile)
+realtime() {
+  local size=$1; shift
+  "$py" bench/bench_realtime.py --clip "$clip" --audio "$speech" --work "$work/realtime" --sizes "$size" \
+    --streams 1 2 4 8 16 --seconds 5 "$@"
+}
+export -f evaluation realtime
+piece eval_speed 120 240 evaluation
+piece realtime_256 90 200 realtime 256
+piece realtime_512 90 200 realtime 512
+piece realtime_256_compile 150 260 realtime 256 --compile
 
 echo
 "$py" bench/gpu_speed.py table "$out" | tee "$out/table.md"
