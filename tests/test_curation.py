@@ -201,3 +201,22 @@ def test_syncnet_v2_scores_shot_folders_from_their_source_frames(shots, tmp_path
     record = read_sync(out / "spk" / "cut_shot001")
     assert record["scorer"] == "syncnet_v2" and record["frames"] == [0, 38] and record["windows"] == 38 - 5
     assert len(record) and -3 <= record["offset"] <= 3
+
+
+def test_a_codec_saved_twice_is_the_same_model_and_a_changed_one_is_not(tiny_models, tmp_path):
+    """Folders made with one codec saved at two paths (the curation experiment fits it twice from one seed) are
+    scored; a codec whose weights differ is still refused."""
+    import shutil
+
+    from lipsync.data.curation import _same_model
+
+    codec = tiny_models["vae"]
+    copy = shutil.copytree(codec, tmp_path / "copy")
+    assert _same_model(str(codec), str(copy)) and _same_model("stabilityai/sd-vae-ft-mse", "stabilityai/sd-vae-ft-mse")
+    changed = shutil.copytree(codec, tmp_path / "changed")
+    weights = next(p for p in changed.iterdir() if p.suffix == ".safetensors")
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    assert not _same_model(str(codec), str(changed))
+    assert not _same_model(str(codec), "stabilityai/sd-vae-ft-mse")

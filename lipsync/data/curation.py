@@ -13,6 +13,8 @@ already scored by the same scorer (fingerprint) with the same max offset is skip
 """
 from __future__ import annotations
 
+import filecmp
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -56,10 +58,25 @@ def longest_run(frame_index: np.ndarray) -> tuple[int, int]:
 
 
 def _same_model(a, b) -> bool:
-    """Two model ids (hub ids or folders) name the same model."""
+    """Two model ids (hub ids or folders) name the same model: the same id or folder, or two folders holding
+    byte-identical files (one model saved twice, e.g. fitted twice from one seed)."""
     if a is None or b is None or str(a) == str(b):
         return True
-    return Path(str(a)).exists() and Path(str(b)).exists() and Path(str(a)).resolve() == Path(str(b)).resolve()
+    return _same_folder_model(str(a), str(b))
+
+
+@functools.cache  # once per pair of folders, not once per scored dataset folder
+def _same_folder_model(a: str, b: str) -> bool:
+    first, second = Path(a), Path(b)
+    if not (first.exists() and second.exists()):
+        return False
+    if first.resolve() == second.resolve():
+        return True
+    if not (first.is_dir() and second.is_dir()):
+        return False
+    files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
+    return files == sorted(p.relative_to(second) for p in second.rglob("*") if p.is_file()) and all(
+        filecmp.cmp(first / name, second / name, shallow=False) for name in files)
 
 
 def _scoring_rows(folder: Path, audio_frames: int | None = None) -> tuple[np.ndarray, int, int]:
