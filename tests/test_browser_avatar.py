@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from test_avatar_server import WAIT_S, Server, avatars_dir, models, one_torch_thread  # noqa: F401 (fixtures)
+from test_avatar_server import WAIT_S, Server, avatars_dir, models  # noqa: F401 (fixtures)
 
 from lipsync.audio import write_wav
 from lipsync.realtime.server import ServerOptions, create_app, load_avatars
@@ -14,7 +14,7 @@ from lipsync.realtime.streaming import StreamOptions
 
 from browser import artifacts, chromium
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="module")
