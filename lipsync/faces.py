@@ -184,6 +184,15 @@ def raw_boxes(frames: Iterable[np.ndarray], detector: FaceDetector | None, batch
                           [np.zeros((0, 4), dtype=np.float32)])
 
 
+def nearest_found_boxes(boxes: np.ndarray, found: np.ndarray) -> np.ndarray:
+    """Boxes [N, 4] with every row without a face (found [N] False) replaced by the nearest found row (the caller
+    checks that one is found)."""
+    if found.all():
+        return boxes
+    valid = np.flatnonzero(found)
+    return boxes[valid[np.abs(np.arange(len(found))[:, None] - valid[None]).argmin(1)]]
+
+
 def crop_boxes(raw: np.ndarray, pads=(0, 0, 0, 0), margin: float = 0.15,
                smooth: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Detector (or fixed) boxes [N, 4], NaN rows without a face -> (square crop boxes [N, 4], found [N]): the

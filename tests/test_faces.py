@@ -16,6 +16,7 @@ from lipsync.faces import (
     face_boxes,
     fixed_box,
     lower_face_mask,
+    nearest_found_boxes,
     paste_faces,
     smooth_boxes,
     square_boxes,
@@ -203,3 +204,11 @@ def test_torch_runtime_detects_the_same_boxes(clip_frames, detector):
         assert np.isnan(expected[-1]).all()
     with pytest.raises(ValueError, match="onnxruntime on the CPU"):
         FaceDetector(device="cuda", runtime="onnxruntime")
+
+
+def test_frames_without_a_face_take_the_nearest_found_box():
+    boxes = np.arange(20, dtype=np.float32).reshape(5, 4)
+    found = np.array([False, True, False, False, True])
+    # frame 2 is nearer frame 1, frame 3 nearer frame 4, frame 0 takes frame 1
+    np.testing.assert_array_equal(nearest_found_boxes(boxes, found), boxes[[1, 1, 1, 4, 4]])
+    np.testing.assert_array_equal(nearest_found_boxes(boxes, np.ones(5, bool)), boxes)

@@ -25,7 +25,7 @@ from lipsync.audio_encoder import AudioEncoder
 from lipsync.checkpoint import load_syncnet
 from lipsync.errors import UserError
 from lipsync.evaluation.sync import VSHIFT, WINDOW, SyncScores, shift_audio, sync_scores
-from lipsync.faces import FaceDetector, crop_faces, face_boxes
+from lipsync.faces import FaceDetector, crop_faces, face_boxes, nearest_found_boxes
 from lipsync.latent_codec import LatentCodec, uint8_to_model
 from lipsync.video_io import iter_frames
 
@@ -66,11 +66,7 @@ def face_crops(frames: np.ndarray, image_size: int, pads=DEFAULT_PADS, box=None,
     boxes, found = face_boxes(frames, detector, pads=pads, box=box)
     if not found.any():
         raise UserError("no face found in any frame")
-    if not found.all():
-        valid = np.flatnonzero(found)
-        nearest = valid[np.abs(np.arange(len(found))[:, None] - valid[None]).argmin(1)]
-        boxes = boxes[nearest]
-    return crop_faces(frames, boxes, image_size)
+    return crop_faces(frames, nearest_found_boxes(boxes, found), image_size)
 
 
 @torch.no_grad()

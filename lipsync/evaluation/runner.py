@@ -226,15 +226,13 @@ def _frames(path) -> np.ndarray:
 
 def _face_crops(scorers: Scorers, frames: np.ndarray, boxes=None) -> tuple[np.ndarray, np.ndarray]:
     """(crops [N, 256, 256, 3], boxes) with lipsync.faces' recipe; frames without a face take the nearest box."""
-    from lipsync.faces import crop_faces, face_boxes
+    from lipsync.faces import crop_faces, face_boxes, nearest_found_boxes
 
     if boxes is None:
         boxes, found = face_boxes(frames, scorers.face_detector)
         if not found.any():
             raise UserError("no face found")
-        if not found.all():
-            valid = np.flatnonzero(found)
-            boxes = boxes[valid[np.abs(np.arange(len(found))[:, None] - valid[None]).argmin(1)]]
+        boxes = nearest_found_boxes(boxes, found)
     return crop_faces(frames, boxes[:len(frames)], FACE_CROP_SIZE), boxes
 
 
