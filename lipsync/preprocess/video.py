@@ -199,13 +199,14 @@ class VideoPreprocessor:
         for shot in shots:
             rows = slice(*np.searchsorted(frame_index.numpy(), [shot.start, shot.end]))
             a, b = (round(f * timing.AUDIO_SAMPLE_RATE / s.fps) for f in (shot.start, shot.end))
-            meta = self._meta(job, info, audio[a:b] if len(ranges) > 1 else audio, shot, full.shape[1:])
+            shot_audio = audio[a:b] if len(ranges) > 1 else audio
+            meta = self._meta(job, info, shot_audio, shot, full.shape[1:])
             if len(ranges) > 1:
                 meta["shot"] = {"index": shot.index, "start_frame": shot.start, "end_frame": shot.end,
                                 "cuts": [start for start, _ in ranges[1:]], "kept": [x.index for x in shots]}
             out_dir = shot_folder(job.out_dir, shot.index) if len(ranges) > 1 else job.out_dir
             write_video_folder(out_dir, full[rows], masked[rows], frame_index[rows] - shot.start, meta,
-                               audio=audio[a:b] if len(ranges) > 1 else audio)
+                               audio=shot_audio)
         message = "; ".join(filter(None, [truncation_note(info, num_frames, s.fps),
                                           f"{len(ranges)} shots, {len(shots)} kept" if len(ranges) > 1 else "",
                                           *(f"dropped {note}" for note in notes)]))
