@@ -41,7 +41,11 @@ def measure_scoring(run: Path, expert: Path, min_sync_conf: float | None) -> dic
     from lipsync.data.folder import read_meta, read_sync
 
     latents = run / "data" / "latents"
-    score_dataset(latents, LatentScorer.load(expert), progress=False)
+    outcomes = score_dataset(latents, LatentScorer.load(expert), progress=False)
+    failed = [o for o in outcomes if o.status == "failed"]
+    if len(failed) == len(outcomes):  # nothing to measure, and a threshold of NaN would filter nothing
+        raise SystemExit(f"error: no folder of {latents} could be scored, e.g. {failed[0].name}: {failed[0].message}"
+                         if failed else f"error: no dataset folder under {latents}")
     truths = json.loads((run / "data" / "corruption.json").read_text())
     # every training folder, including the ones a filter would drop (the corrupted run did not filter)
     folders = read_entries(run / "filelists_synthetic" / "train.txt")
@@ -105,6 +109,7 @@ def main(argv=None):
     import unet_wav2lip_lightning
     import video_preprocess
     from lipsync.demo.pipeline import Curation, format_metrics, run_demo
+    from lipsync.files import atomic_path
 
     scripts = {s.__name__: s.main for s in (video_preprocess, audio_preprocess, unet_syncnet_lightning,
                                             unet_wav2lip_lightning)}
@@ -136,7 +141,8 @@ def main(argv=None):
     if "curated" in args.runs:
         results["curated"] = run("curated", Curation(score_with=str(expert), min_sync_conf=scoring["threshold"],
                                                      max_offset=6))
-    (work / "curation.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    with atomic_path(work / "curation.json") as tmp:
+        tmp.write_text(json.dumps(results, indent=1, default=str) + "\n")
 
     print(f"\nscoring ({scoring['folders']} training folders of the corrupted run, clean expert):")
     print(f"  offsets exact (clean + shifted, |k| <= 6): {scoring['offset_exact']:.2f} of {scoring['offset_exact_n']}; "
