@@ -1,6 +1,6 @@
 """Train the latent SyncNet expert (stage 1; the generator's sync loss uses it frozen).
 
-    python unet_syncnet_lightning.py --data_root data/latents --dataset_name lrs2 [--xl] [--face_region lower]
+    python unet_syncnet_lightning.py --data_root data/latents --dataset_name lrs2 [--xl | --variant s]
 
 Runs go to experiments/syncnet/version_K/ (options.json, checkpoints/ ranked by val/loss,
 TensorBoard logs); resume with --ckpt .../checkpoints/last.ckpt. Trainer options: lipsync/training/options.py.
@@ -14,7 +14,7 @@ from lipsync.timing import syncnet_window_length
 from lipsync.training.options import OptimConfig, add_data_args, add_trainer_args
 from lipsync.training.run import data_card, fit, start_run
 from lipsync.training.syncnet_module import SyncNetModule
-from models.syncnet import SyncNetConfig
+from models.syncnet import FACE_STAGES, SyncNetConfig
 
 EXPERIMENT = "syncnet"
 
@@ -22,7 +22,10 @@ EXPERIMENT = "syncnet"
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_data_args(p)
-    p.add_argument("--xl", action="store_true", help="the wider 'xl' variant (default: 'u')")
+    variant = p.add_mutually_exclusive_group()
+    variant.add_argument("--variant", choices=sorted(FACE_STAGES), default="u",
+                         help="'u' (default), the wider 'xl', or the narrow 's' for small latents (models/syncnet.py)")
+    variant.add_argument("--xl", action="store_const", const="xl", dest="variant", help="the same as --variant xl")
     p.add_argument("--face_region", choices=["lower", "full"], default="lower",
                    help="latent rows the expert sees: the lower half (mouth) or the whole face")
     p.add_argument("--batch_negatives", action=argparse.BooleanOptionalAction, default=True,
@@ -42,7 +45,7 @@ def main(argv=None):
     if args.strategy == "deepspeed_stage_2" and args.precision != "32-true":
         raise UserError(f"SyncNet's BatchNorm cannot train under DeepSpeed's {args.precision} parameters: "
                         f"use --strategy ddp (the default) or --precision 32-true")
-    config = SyncNetConfig(variant="xl" if args.xl else "u", T=args.T, latent_channels=data.latent_channels,
+    config = SyncNetConfig(variant=args.variant, T=args.T, latent_channels=data.latent_channels,
                            audio_dim=data.audio_dim, audio_frames=syncnet_window_length(args.T),
                            face_region=args.face_region)
     card = {"kind": "syncnet", "syncnet": config.to_dict(), **data_card(data)}

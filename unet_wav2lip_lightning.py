@@ -30,7 +30,7 @@ def parse_args(argv=None):
     add_data_args(p)
     expert = p.add_mutually_exclusive_group(required=True)
     expert.add_argument("--syncnet", help="checkpoint of the SyncNet expert (any kind lipsync.checkpoint reads; "
-                                          "its variant, u or xl, comes from its model card)")
+                                          "its variant, u, xl or s, comes from its model card)")
     expert.add_argument("--syncnet_xl", help="the same, for an expert that must be the 'xl' variant")
     p.add_argument("--unet_ckpt", required=True,
                    help="generator init: config-only folder (random), diffusers folder with weights (e.g. "

@@ -5,7 +5,8 @@ the same window [B, 2T, D]; both end in ReLU and are L2-normalised, so cos(face,
 read as the probability of being in sync (BCE loss, Wav2Lip's recipe). The spatial size is free: strides
 halve it and a global average pool ends the face encoder, so 96x96 (768 px crops) and 32x32 (256 px) both work.
 
-Variants (same depth, "xl" wider in the middle stages), about 14.8M and 21.9M parameters at T=5, D=768.
+Variants (same depth): "u" about 14.8M parameters at T=5, D=768; "xl" wider in the middle stages, 21.9M; "s" half
+as wide as "u", 5.3M, for small latents (the demo's 8x8, where "u" trained slower and no better: BENCHMARKS.md, CPU).
 """
 from __future__ import annotations
 
@@ -19,12 +20,13 @@ from torch import nn
 FACE_STAGES = {
     "u": [(128, 2), (128, 3), (256, 2), (512, 2), (512, 0)],
     "xl": [(128, 2), (256, 3), (512, 2), (512, 2), (512, 0)],
+    "s": [(64, 2), (64, 3), (128, 2), (256, 2), (256, 0)],
 }
 
 
 @dataclass
 class SyncNetConfig:
-    variant: str = "u"  # "u" or "xl"
+    variant: str = "u"  # "u", "xl" or "s"
     T: int = 5  # video frames per window
     latent_channels: int = 4
     audio_dim: int = 768  # audio encoder hidden size
@@ -47,8 +49,34 @@ class ConvBlock(nn.Module):
         self.residual = residual
 
     def forward(self, x):
-        y = self.norm(self.conv(x))
+        y = self.norm(conv_over_live_taps(self.conv, x))
         return F.relu(y + x if self.residual else y)
+
+
+def conv_over_live_taps(conv: nn.Conv1d | nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """conv(x), computed with only the kernel taps that meet data. Exact (up to summation order).
+
+    On an axis of length 1 with "same" padding (odd kernel k, padding k // 2) only the middle tap meets data; the
+    others meet zero padding. Where the kernel then covers the whole input with no padding, the conv is a matrix
+    product over the flattened input. The expert's deep layers reach 1x1 on small latents (8x8 in the demo:
+    lower half 4x8 -> 2x4 -> 1x2 -> 1x1), and the window conv of the audio encoder covers its whole input; there
+    the full kernel's CPU backward costs several times its forward (BENCHMARKS.md, CPU)."""
+    weight, padding = conv.weight, list(conv.padding)
+    if (conv.groups != 1 or any(d != 1 for d in conv.dilation) or isinstance(padding[0], str)
+            or conv.padding_mode != "zeros" or x.ndim != weight.ndim):
+        return conv(x)
+    size = x.shape[2:]
+    for axis, (n, k, p) in enumerate(zip(size, conv.kernel_size, padding)):
+        if n == 1 and k % 2 == 1 and p == k // 2 and k > 1:
+            weight = weight.narrow(2 + axis, p, 1)
+            padding[axis] = 0
+    if all(p == 0 for p in padding) and tuple(weight.shape[2:]) == tuple(size):  # one output position
+        y = F.linear(x.flatten(1), weight.flatten(1), conv.bias)
+        return y.view(*y.shape, *(1,) * len(size))
+    if weight is conv.weight:
+        return conv(x)
+    conv_fn = F.conv2d if x.ndim == 4 else F.conv1d
+    return conv_fn(x, weight, conv.bias, conv.stride, padding)
 
 
 class SyncNet(nn.Module):
@@ -57,7 +85,7 @@ class SyncNet(nn.Module):
         if config.variant not in FACE_STAGES:
             raise ValueError(f"unknown SyncNet variant {config.variant!r} (use one of {sorted(FACE_STAGES)})")
         self.config = config
-        width = 128
+        width = FACE_STAGES[config.variant][0][0]
         layers = [ConvBlock(config.T * config.latent_channels, width, 7, 1, 3)]
         for i, (out, residual) in enumerate(FACE_STAGES[config.variant]):
             layers.append(ConvBlock(width, out, 5 if i == 0 else 3, 2, 2 if i == 0 else 1))

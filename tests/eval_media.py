@@ -82,7 +82,7 @@ def _train_expert(root: Path, seed: int) -> TrainedExpert:
         clips.append((latents, encoder.encode(audio)))
 
     torch.manual_seed(seed)
-    syncnet_config = SyncNetConfig(variant="u", latent_channels=4, audio_dim=64)
+    syncnet_config = SyncNetConfig(variant="s", latent_channels=4, audio_dim=64)
     syncnet = SyncNet(syncnet_config)
     optimizer = torch.optim.AdamW(syncnet.parameters(), lr=LR)
     rng = np.random.default_rng(seed)

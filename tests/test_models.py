@@ -15,7 +15,7 @@ from lipsync.errors import UserError
 from lipsync.latent_codec import LatentCodec, mask_lower_half, model_to_uint8_tensor, padded_call
 from lipsync.timing import num_feature_frames
 from models.subpixel import SubpixelUpsample
-from models.syncnet import SyncNet, SyncNetConfig, all_pairs_sync_loss, sync_loss
+from models.syncnet import SyncNet, SyncNetConfig, all_pairs_sync_loss, conv_over_live_taps, sync_loss
 from models.unet import audio_positions, build_unet, count_parameters, generate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,6 +50,31 @@ def test_syncnet_runs_at_any_latent_size_and_backprops(size, region):
     assert faces.grad is not None and net.face_encoder[0].conv.weight.grad is not None
     if region == "lower":  # the upper half of the face must not matter
         assert faces.grad[..., : size // 2, :].abs().max() == 0
+
+
+@pytest.mark.parametrize("dims,kernel,stride,padding,size", [
+    (2, 3, 1, 1, (1, 1)), (2, 3, 2, 1, (1, 1)), (2, 3, 2, 1, (1, 2)), (2, 3, 1, 1, (2, 1)), (2, 5, 2, 2, (1, 4)),
+    (2, 1, 1, 0, (1, 1)), (2, 3, 1, 1, (4, 4)), (2, 3, 1, 0, (3, 3)), (1, 10, 1, 0, (10,)), (1, 1, 1, 0, (1,)),
+    (1, 3, 1, 1, (1,)), (1, 3, 1, 1, (6,))])
+def test_conv_over_live_taps_equals_the_full_conv_and_its_gradients(dims, kernel, stride, padding, size):
+    torch.manual_seed(0)
+    conv = (torch.nn.Conv2d if dims == 2 else torch.nn.Conv1d)(6, 5, kernel, stride, padding).double()
+    x = torch.randn(3, 6, *size, dtype=torch.float64, requires_grad=True)
+    results = []
+    for fn in (conv, lambda x: conv_over_live_taps(conv, x)):
+        conv.zero_grad()
+        x.grad = None
+        y = fn(x)
+        (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
+        results.append((y.detach(), x.grad.clone(), conv.weight.grad.clone(), conv.bias.grad.clone()))
+    for full, live in zip(*results):
+        assert full.shape == live.shape and torch.allclose(full, live, atol=1e-12)
+    # the full kernel runs only where no axis of length 1 has "same" padding and the kernel does not cover x
+    calls = []
+    conv.register_forward_hook(lambda *_: calls.append(1))
+    conv_over_live_taps(conv, x)
+    shortcut = any(n == 1 and padding == kernel // 2 and kernel > 1 for n in size) or (padding, kernel) == (0, size[-1])
+    assert len(calls) == (0 if shortcut else 1)
 
 
 def test_all_pairs_sync_loss_scores_every_pair_with_balanced_classes():

@@ -482,3 +482,16 @@ def test_sync_switch_host_copy_follows_the_buffer_through_load_state_dict(tiny_m
     assert switched.sync_active() and not fresh.sync_active()  # fresh has now cached False
     fresh.load_state_dict(switched.state_dict())
     assert fresh.sync_active()
+
+
+@pytest.mark.parametrize("flags, variant", [([], "u"), (["--xl"], "xl"), (["--variant", "s"], "s"),
+                                            (["--variant", "xl"], "xl")])
+def test_syncnet_variant_flags(flags, variant):
+    args = unet_syncnet_lightning.parse_args(["--data_root", "d", "--dataset_name", "n", *flags])
+    assert args.variant == variant
+
+
+def test_syncnet_xl_and_another_variant_is_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        unet_syncnet_lightning.parse_args(["--data_root", "d", "--dataset_name", "n", "--xl", "--variant", "s"])
+    assert exit_info.value.code == 2 and "not allowed with argument --xl" in capsys.readouterr().err
