@@ -86,9 +86,10 @@ def generator_window_start(frame: int, fps: float = VIDEO_FPS) -> int:
 def syncnet_audio_window(features: torch.Tensor, frame: int, num_video_frames: int = SYNCNET_T,
                          fps: float = VIDEO_FPS) -> torch.Tensor:
     """features [N, D] -> [2T, D]: the audio of video frames [frame, frame + T)."""
-    idx = clamp_window(syncnet_window_start(frame, fps), syncnet_window_length(num_video_frames, fps),
-                       features.shape[0])
-    return features[torch.from_numpy(idx)]
+    start, length = syncnet_window_start(frame, fps), syncnet_window_length(num_video_frames, fps)
+    if 0 <= start and start + length <= features.shape[0]:  # inside the track (a training window always is)
+        return features[start:start + length]
+    return features[torch.from_numpy(clamp_window(start, length, features.shape[0]))]
 
 
 def generator_window_end(frame: int, fps: float = VIDEO_FPS) -> int:

@@ -54,6 +54,11 @@ def index_videos(folders, T: int = timing.SYNCNET_T, audio_model_id: str | None 
     return usable
 
 
+def _pick(rng: np.random.Generator, values: np.ndarray):
+    """rng.choice(values) for a 1-D array: the same draw from the same stream, a quarter of the time."""
+    return values[rng.integers(len(values))]
+
+
 class Sample(NamedTuple):
     video: int  # index into dataset.videos
     s: int  # row of the positive / ground-truth window (its audio is the item's audio)
@@ -104,8 +109,8 @@ class WindowDataset(Dataset):
     def _draw(self, rng: np.random.Generator, label: int) -> Sample:
         v = int(rng.integers(len(self.videos)))
         video = self.videos[v]
-        s = int(rng.choice(video.anchors))
-        return Sample(v, s, int(rng.choice(video.far_starts(s))), label)
+        s = int(_pick(rng, video.anchors))
+        return Sample(v, s, int(_pick(rng, video.far_starts(s))), label)
 
     def _sync_audio(self, video: VideoLatents, s: int) -> torch.Tensor:
         """Audio of the window at row s: [2T, D]."""

@@ -138,14 +138,14 @@ def read_meta(folder) -> dict:
 # smaller than the dataset misses on almost every item and reopens the files (BENCHMARKS.md, data loading).
 # Open maps are virtual memory; the OS pages them in.
 @functools.lru_cache(maxsize=1024)
-def _latents_file(path: Path):
+def _latents_file(path: str):
     """Open, memory-mapped latents file: each DataLoader worker opens its own on first use (VideoLatents holds
     only paths, so nothing open is ever pickled)."""
-    return safe_open(str(path), framework="pt")
+    return safe_open(path, framework="pt")
 
 
 @functools.lru_cache(maxsize=1024)
-def _features(path: Path) -> torch.Tensor:
+def _features(path: str) -> torch.Tensor:
     """A video's audio features fp16 [F, D] (memory-mapped)."""
     return torch.load(path, mmap=True, weights_only=True)["features"]
 
@@ -162,6 +162,8 @@ class VideoLatents:
     def __init__(self, folder, T: int = timing.SYNCNET_T):
         self.folder = Path(folder)
         self.T = T
+        # the cache keys, as strings: items read them twice each, and a Path is rebuilt and rehashed every time
+        self._latents_path, self._features_path = str(self.folder / LATENTS_FILE), str(self.folder / FEATURES_FILE)
         if not (self.folder / FEATURES_FILE).is_file():
             raise UserError(f"{self.folder} has no {FEATURES_FILE}: run audio_preprocess.py on its data root")
         try:
@@ -207,11 +209,11 @@ class VideoLatents:
 
     def latents(self, key: str, row: int) -> torch.Tensor:
         """key "full" or "masked" -> the window at row: fp16 [T, C, h, w]."""
-        return _latents_file(self.folder / LATENTS_FILE).get_slice(key)[row:row + self.T]
+        return _latents_file(self._latents_path).get_slice(key)[row:row + self.T]
 
     def features(self) -> torch.Tensor:
         """Audio features fp16 [F, D]."""
-        return _features(self.folder / FEATURES_FILE)
+        return _features(self._features_path)
 
     def frames(self, row: int) -> list[int]:
         """25-fps frame indices of the window at row: [T]."""
