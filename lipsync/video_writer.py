@@ -171,13 +171,13 @@ class VideoWriter:
 
 
 def write_video(path, frames: Iterable[np.ndarray], fps: float, audio: np.ndarray | None = None,
-                audio_rate: int = 16000, crf: int = 18) -> None:
+                audio_rate: int = 16000, crf: int = 18, preset: str = "medium") -> None:
     """Write RGB uint8 frames (any iterable; the size is taken from the first) with optional audio."""
     frames = iter(frames)
     first = next(frames, None)
     if first is None:
         raise ValueError(f"no frames to write to {path}")
     height, width = first.shape[:2]
-    with VideoWriter(path, fps, width, height, crf=crf, audio=audio, audio_rate=audio_rate) as writer:
+    with VideoWriter(path, fps, width, height, crf=crf, audio=audio, audio_rate=audio_rate, preset=preset) as writer:
         for frame in itertools.chain([first], frames):
             writer.write(frame)
