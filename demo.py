@@ -8,7 +8,7 @@ real training scripts, merges the ZeRO checkpoint, lip-syncs held-out faces to h
 the driving speech) is also copied to results/ of the current directory. The last line printed is, e.g. (full
 profile, seed 0, 2 CPU cores)
 
-    demo: sync_corr=0.95 baseline_corr=0.07 syncnet_acc=0.92 audio_gain=1.71 seconds=447
+    demo: sync_corr=0.95 baseline_corr=0.07 syncnet_acc=0.92 audio_gain=1.71 seconds=445
 """
 from __future__ import annotations
 
