@@ -57,7 +57,7 @@ def make_corrupt_clip(path, kind: str, seed: int, index: int, seconds: float, si
         raise ValueError(f"unknown kind {kind!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.with_suffix(".json").write_text(json.dumps(truth))
-    write_video(path, frames, timing.VIDEO_FPS, audio=audio)
+    write_video(path, frames, timing.VIDEO_FPS, audio=audio, preset=synthetic.CLIP_PRESET)  # encoded as the clean clips
     return truth
 
 
