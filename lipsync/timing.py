@@ -87,7 +87,7 @@ def syncnet_audio_window(features: torch.Tensor, frame: int, num_video_frames: i
                          fps: float = VIDEO_FPS) -> torch.Tensor:
     """features [N, D] -> [2T, D]: the audio of video frames [frame, frame + T)."""
     start, length = syncnet_window_start(frame, fps), syncnet_window_length(num_video_frames, fps)
-    if 0 <= start and start + length <= features.shape[0]:  # inside the track (a training window always is)
+    if 0 <= start and start + length <= features.shape[0]:  # inside the track (nearly every window): a view
         return features[start:start + length]
     return features[torch.from_numpy(clamp_window(start, length, features.shape[0]))]
 
