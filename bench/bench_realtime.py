@@ -164,10 +164,25 @@ async def run_streams(port: int, pcm: np.ndarray, count: int, chunk_ms: int) -> 
     return await asyncio.gather(*(client(port, pcm, chunk_ms, start_at + i * 0.04 / count) for i in range(count)))
 
 
+def check_encoder_graphs(avatars: Path, checkpoint: Path, pcm: np.ndarray, args) -> None:
+    """The server's features (encoder graphs for full-context windows) against the eager encoder's, same stream."""
+    if not (args.cuda_graph and torch.cuda.is_available()):
+        return
+    avatar = Avatar.load(avatars / "face", load_models(checkpoint, device=args.device))
+    options = StreamOptions(right_context_s=args.right_context_s)
+    eager, graphed = (stream_features(avatar, pcm, options, graphs) for graphs in (False, True))
+    error = ((graphed - eager).norm(dim=1) / eager.norm(dim=1)).max()
+    print(f"encoder graphs ({options.window_samples} samples a window) vs eager, {len(eager)} feature frames: "
+          f"max |difference| {(graphed - eager).abs().max():.2e}, max relative {error:.2e}", flush=True)
+    del avatar
+    torch.cuda.empty_cache()
+
+
 def bench_streams(args, work: Path, pcm: np.ndarray) -> None:
     rows = []
     for size, checkpoint in checkpoints(args, work).items():
         avatars = prepare(checkpoint, args.clip, work, size, args.device)
+        check_encoder_graphs(avatars, checkpoint, pcm, args)
         server = ServerProcess(checkpoint, avatars, args)
         try:
             asyncio.run(run_streams(server.port, pcm[:timing.AUDIO_SAMPLE_RATE], 1, 20))  # warm-up
@@ -210,8 +225,10 @@ def frame_region(avatar: Avatar) -> np.ndarray:
     return region
 
 
-def stream_features(avatar: Avatar, pcm: np.ndarray, options: StreamOptions) -> torch.Tensor:
-    stream, generator = AvatarStream(avatar, options), FrameGenerator(avatar.models)
+def stream_features(avatar: Avatar, pcm: np.ndarray, options: StreamOptions, graphs: bool = False) -> torch.Tensor:
+    """A stream's features from 20 ms chunks; graphs: the encoder replays CUDA graphs for full-context windows."""
+    stream = AvatarStream(avatar, options)
+    generator = FrameGenerator(avatar.models, window_samples=options.window_samples if graphs else None)
     for first in range(0, len(pcm), 320):
         stream.push(pcm[first:first + 320])
         generator.features(stream.feature_requests(limit=64))

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
 
+from lipsync.cuda_graph import record
 from lipsync.errors import UserError
 from lipsync.timing import AUDIO_SAMPLE_RATE, FEATURE_HOP, FEATURE_RECEPTIVE_FIELD, num_feature_frames
 
@@ -49,6 +50,15 @@ class Moments:
         mean = self.total / max(self.count, 1)
         variance = max(self.squares / max(self.count, 1) - mean * mean, 0.0)
         return mean, max(float(np.sqrt(variance + NORMALIZE_EPS)), min_std)
+
+
+def no_autotuning():
+    """cuDNN's autotuning off, for the encoder's calls: their lengths vary (a clip's last chunk; a stream's windows
+    while its context fills, batches of 1..N streams), and cudnn.benchmark (on for the fixed-size face crops) would
+    time the convolutions again for every new shape, a stall of a tenth of a second each time."""
+    return torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, benchmark=False,
+                                      deterministic=torch.backends.cudnn.deterministic,
+                                      allow_tf32=torch.backends.cudnn.allow_tf32)
 
 
 def _only_a_path(model_id: str) -> bool:
@@ -94,12 +104,7 @@ class AudioEncoder:
         """Normalised audio windows float32 [B, S] (S >= 400) -> hidden states [B, num_feature_frames(S), hidden]
         on the encoder's device, in one pass (the windows of several streams batched together)."""
         signal = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32))
-        # lengths vary (a clip's last chunk; a stream's windows while its context fills, batches of 1..N streams):
-        # cuDNN's autotuning (cudnn.benchmark, on for the fixed-size face crops) would time the convolutions
-        # again for every new shape, a stall of a tenth of a second each time
-        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, benchmark=False,
-                                        deterministic=torch.backends.cudnn.deterministic,
-                                        allow_tf32=torch.backends.cudnn.allow_tf32):
+        with no_autotuning():
             return self.model(signal.to(self.device, self.dtype)).last_hidden_state
 
     @torch.inference_mode()
@@ -122,3 +127,26 @@ class AudioEncoder:
             assert hidden.shape[0] == hi - lo, (hidden.shape, hi - lo)
             out.append(hidden[first - lo: last - lo].float().cpu())
         return torch.cat(out)
+
+
+class GraphedHiddenStates:
+    """AudioEncoder.hidden_states of up to `batch_size` windows of exactly `length` samples as ONE CUDA graph: a
+    copy in, a replay, a copy out. A stream's windows all have one length once its context is full, and the eager
+    call on a few of them is bound by launching Wav2Vec2's kernels one by one, not by their arithmetic. Rows past
+    a short batch's end hold stale windows that are computed and ignored (rows are independent)."""
+
+    def __init__(self, encoder: AudioEncoder, batch_size: int, length: int):
+        # autotuning off as in the eager call: its kernels, so its numbers at the same batch size
+        with torch.inference_mode(), no_autotuning():
+            self.windows = torch.zeros(batch_size, length, dtype=encoder.dtype, device=encoder.device)
+            self.graph, self.hidden = record(encoder.device, "the speech encoder",
+                                             lambda: encoder.model(self.windows).last_hidden_state)
+
+    @torch.inference_mode()
+    def __call__(self, windows: np.ndarray) -> torch.Tensor:
+        """Normalised windows float32 [B, length] (B <= batch_size) -> hidden states [B, num_feature_frames(length),
+        hidden] on the device: a view that the next replay rewrites."""
+        num = len(windows)
+        self.windows[:num].copy_(torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32)))
+        self.graph.replay()
+        return self.hidden[:num]

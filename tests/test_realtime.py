@@ -167,6 +167,23 @@ def test_frames_leave_as_soon_as_their_window_and_right_context_have_arrived(ava
         assert first_seen[k] == -(-needed // 320) * 320  # the first 20 ms chunk boundary that holds it
 
 
+@pytest.mark.parametrize("left, right", [(1.0, 0.1), (0.5, 0.0), (2.0, 0.24)])
+def test_window_samples_is_the_length_of_every_window_once_the_left_context_is_full(avatar, pcm, left, right):
+    """On CUDA the encoder replays graphs recorded for windows of StreamOptions.window_samples only: a wrong length
+    would leave every window eager (slow, not wrong)."""
+    options = StreamOptions(left_context_s=left, right_context_s=right)
+    stream = AvatarStream(avatar, options)
+    lengths = []
+    for chunk in chunked(np.tile(pcm, 2), 20):
+        stream.push(chunk)
+        lengths += [(r.start, len(r.window)) for r in stream.feature_requests(limit=100)]
+    full = [length for start, length in lengths if start > 0]  # the window's left edge has left sample 0
+    assert len(full) > 10 and set(full) == {options.window_samples}
+    assert {length for start, length in lengths if start == 0} <= set(range(options.window_samples + 1))
+    assert StreamOptions(right_context_s=None).window_samples is None
+    assert StreamOptions(left_context_s=None).window_samples is None
+
+
 def test_silence_shows_the_idle_face_generated_once_per_source_frame(avatar, pcm):
     quiet = np.zeros(16000, np.int16)  # 1 s of digital silence, then speech, then silence
     audio = np.concatenate([quiet, pcm, quiet])

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from lipsync import timing
-from lipsync.errors import UserError
+from lipsync.cuda_graph import record, recording
 from lipsync.faces import crop_faces
 from lipsync.inference.models import LipSyncModels
 from lipsync.latent_codec import (
@@ -80,24 +80,6 @@ def reference_latent(models: LipSyncModels, frame: np.ndarray, box: np.ndarray, 
     return padded_call(models.codec.encode, pad_to, uint8_to_model(crop, models.device, models.dtype))
 
 
-def _record(device: torch.device, run) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
-    """run() recorded as one CUDA graph, after one warm-up call (cuDNN autotuning, compilation) off the capture
-    stream -> (graph, the output tensor every replay rewrites)."""
-    side = torch.cuda.Stream(device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):
-        run()
-    torch.cuda.current_stream(device).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    try:
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            output = run()
-    except RuntimeError as err:
-        raise UserError(f"recording the generation step as a CUDA graph failed ({str(err).splitlines()[0]}); "
-                        f"run with --no_cuda_graph") from None
-    return graph, output
-
-
 class GraphedGeneration:
     """generate_faces for batches of up to `batch_size` rows as ONE CUDA graph: a batch is a copy in, one replay
     and a copy out, so the GPU never waits for Python to launch each kernel while other threads hold the GIL
@@ -116,17 +98,15 @@ class GraphedGeneration:
                                      device=device) if fixed_reference else None
 
         # faces: [batch_size, S, S, 3] uint8, rewritten by every replay
-        self.graph, self.faces = _record(device, lambda: generate_faces(models, self.crops, self.repeat, self.audio,
-                                                                        self.reference, None))
-
-    _recording = threading.Lock()  # one recording at a time, whichever models
+        self.graph, self.faces = record(device, "the generation step", lambda: generate_faces(
+            models, self.crops, self.repeat, self.audio, self.reference, None))
 
     @classmethod
     def for_models(cls, models: LipSyncModels, batch_size: int, audio_dim: int,
                    fixed_reference: bool) -> "GraphedGeneration":
         """The models' graph for this batch size and reference kind, recorded on first use."""
         key = (models.image_size, batch_size, audio_dim, fixed_reference)  # models may be replace()d with a size
-        with cls._recording:
+        with recording:
             if key not in models.graphs:
                 models.graphs[key] = cls(models, batch_size, audio_dim, fixed_reference)
         return models.graphs[key]
@@ -161,14 +141,14 @@ class GraphedLatentGeneration:
         self.references = torch.zeros(shape, dtype=models.dtype, device=device)
         self.audio = torch.zeros(batch_size, timing.GENERATOR_AUDIO_FRAMES, audio_dim, device=device)
         # faces: [batch_size, S, S, 3] uint8, rewritten by every replay
-        self.graph, self.faces = _record(device, lambda: faces_from_latents(models, self.masked, self.references,
-                                                                            self.audio, None))
+        self.graph, self.faces = record(device, "the generation step", lambda: faces_from_latents(
+            models, self.masked, self.references, self.audio, None))
 
     @classmethod
     def for_models(cls, models: LipSyncModels, batch_size: int, audio_dim: int) -> "GraphedLatentGeneration":
         """The models' graph for this batch size, recorded on first use."""
         key = ("latents", batch_size, audio_dim)
-        with GraphedGeneration._recording:
+        with recording:
             if key not in models.graphs:
                 models.graphs[key] = cls(models, batch_size, audio_dim)
         return models.graphs[key]

@@ -203,8 +203,8 @@ class Avatar:
         from lipsync.realtime.streaming import AvatarStream, FrameGenerator, StreamOptions
 
         max_batch = options.pop("max_batch", 16)
-        generator = FrameGenerator(self.models, max_batch=max_batch)
         stream = AvatarStream(self, StreamOptions(**options))
+        generator = FrameGenerator(self.models, max_batch=max_batch, window_samples=stream.options.window_samples)
 
         def ready():
             while True:

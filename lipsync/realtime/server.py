@@ -244,7 +244,8 @@ def create_app(models: LipSyncModels, avatars: dict[str, Avatar], options: Serve
     """The server's app; its lifespan starts the scheduler (CUDA graphs recorded first) and stops it."""
     options = options or ServerOptions()
     options.stream.check()
-    generator = FrameGenerator(models, max_batch=options.max_batch, cuda_graph=options.cuda_graph)
+    generator = FrameGenerator(models, max_batch=options.max_batch, cuda_graph=options.cuda_graph,
+                               window_samples=options.stream.window_samples)
     scheduler = Scheduler(generator, options)
     pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="avatar-jpeg")
     right = options.stream.right_context_s

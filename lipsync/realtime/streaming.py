@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from lipsync import timing
-from lipsync.audio_encoder import AudioEncoder, Moments
+from lipsync.audio_encoder import AudioEncoder, GraphedHiddenStates, Moments
+from lipsync.cuda_graph import recording
 from lipsync.errors import UserError
 from lipsync.inference.generation import GraphedLatentGeneration, faces_from_latents
 from lipsync.inference.models import LipSyncModels
@@ -55,6 +56,16 @@ class StreamOptions:
     # up to unit variance (speech sits around 0.03-0.1; offline's floor is sqrt(1e-7))
     min_std: float = 0.01
     color_match: bool = False  # match the generated lower face's colours to the source frame's
+
+    @property
+    def window_samples(self) -> int | None:
+        """Samples of every encoder window of a stream once its left context is full (and before its end); None
+        when either context is unbounded (windows of growing length)."""
+        if self.left_context_s is None or self.right_context_s is None:
+            return None
+        features = (round(self.left_context_s * timing.FEATURE_RATE) + STEP_FEATURES
+                    + round(self.right_context_s * timing.FEATURE_RATE))
+        return timing.num_samples_for_features(features)
 
     def check(self) -> None:
         for name in ("left_context_s", "right_context_s"):
@@ -296,15 +307,18 @@ def _bucket(rows: int, max_batch: int) -> int:
 
 class FrameGenerator:
     """The device step of any number of streams on one set of models: their encoder windows, batched by length,
-    and their frame jobs, batched up to `max_batch` rows (on CUDA replayed as recorded graphs, one per power-of-two
-    batch shape, padded to it)."""
+    and their frame jobs, batched up to `max_batch` rows. On CUDA both are replayed as recorded graphs, one per
+    power-of-two batch shape, padded to it: the frames always, the encoder for windows of `window_samples`
+    (StreamOptions.window_samples: every window of a stream whose context is full); other lengths run eagerly."""
 
-    def __init__(self, models: LipSyncModels, max_batch: int = 16, cuda_graph: bool = True):
+    def __init__(self, models: LipSyncModels, max_batch: int = 16, cuda_graph: bool = True,
+                 window_samples: int | None = None):
         if max_batch < 1:
             raise UserError(f"max_batch must be >= 1, got {max_batch}")
         self.models = models
         self.max_batch = max_batch
         self.graphed = cuda_graph and models.device.type == "cuda"
+        self.window_samples = window_samples if self.graphed else None
         self._silence: torch.Tensor | None = None
 
     @torch.inference_mode()
@@ -313,12 +327,23 @@ class FrameGenerator:
         by_length: dict[int, list[FeatureRequest]] = {}
         for request in requests:
             by_length.setdefault(len(request.window), []).append(request)
-        for group in by_length.values():
-            for piece in batched(group, 4 * self.max_batch):
+        for length, group in by_length.items():
+            graphed = length == self.window_samples
+            for piece in batched(group, self.max_batch if graphed else 4 * self.max_batch):
+                windows = np.stack([r.window for r in piece])
+                hidden = (self._encoder_graph(len(piece))(windows) if graphed
+                          else self.models.audio_encoder.hidden_states(windows))
                 # one copy back per call, not one per request
-                hidden = self.models.audio_encoder.hidden_states(np.stack([r.window for r in piece])).float().cpu()
-                for request, states in zip(piece, hidden):
+                for request, states in zip(piece, hidden.float().cpu()):
                     request.owner.accept(request, states)
+
+    def _encoder_graph(self, rows: int) -> GraphedHiddenStates:
+        """The recorded encoder call for `rows` windows of `window_samples` (padded to a power of two)."""
+        key = ("speech encoder", _bucket(rows, self.max_batch), self.window_samples)
+        with recording:
+            if key not in self.models.graphs:
+                self.models.graphs[key] = GraphedHiddenStates(self.models.audio_encoder, key[1], key[2])
+        return self.models.graphs[key]
 
     @property
     def silence(self) -> torch.Tensor:
@@ -384,6 +409,8 @@ class FrameGenerator:
         size = 1
         while True:
             self._generate([(avatar, int(np.flatnonzero(avatar.found)[0]), self.silence)] * size)
+            if self.window_samples is not None:
+                self._encoder_graph(size)
             if size >= self.max_batch:
                 return
             size = min(2 * size, self.max_batch)
