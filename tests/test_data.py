@@ -272,6 +272,8 @@ def test_loader_workers_never_collect_inherited_objects_and_keep_lightning_seedi
         return next(iter(loader))[0].tolist()
 
     assert worker_state()[0] == 0  # a plain forked worker would collect what it inherited
+    # seed_everything(workers=True) earlier in this process (a training test) leaves PL_SEED_WORKERS set
+    monkeypatch.delenv("PL_SEED_WORKERS", raising=False)
     frozen, seed = worker_state(worker_init_fn=init_fn)
     assert frozen > 1000  # everything the worker inherited (torch, Lightning, the dataset)
     monkeypatch.setenv("PL_SEED_WORKERS", "1")  # what seed_everything(workers=True) sets
