@@ -249,6 +249,8 @@ def table(out: Path) -> str:
         text, status = _read(out, name)
         seconds = wall_s(text) if text else None
         if name == "ref_infer":
+            if text and "REF_INFER {" not in text:  # its own run failed: the wrapper's clock alone is no result
+                seconds, status = None, "failed (no REF_INFER line)"
             reference = seconds
         ratio = f"{reference / seconds:.2f}x" if seconds and reference and name != "ref_infer" else ""
         value = f"{seconds:.1f}" if seconds and status == "ok" else status

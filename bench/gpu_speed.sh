@@ -5,7 +5,7 @@
 # diffusers, deepspeed, av, ...), .refbench/ (the reference implementation's harness) and .clips/
 # (hdtf_WDA_KatieHill_000.mp4, audio/latentsync_demo1_audio.wav 9.6 s, audio/musetalk_eng.wav 60 s).
 #
-# Pieces run in the order of GPU_SPEED_PIECES (default: all, the most decisive first). A piece starts only if its
+# GPU_SPEED_PIECES picks the pieces (default: all); they run in this file's order. A piece starts only if its
 # estimated seconds fit before GPU_SPEED_DEADLINE_S (default 540, counted from the script's start) and is killed
 # at that deadline; the last lines say which pieces were skipped and the GPU_SPEED_PIECES value that runs them in
 # a second call. Logs: OUTDIR/<piece>.log (+ .rc exit status, .wall seconds); the table comes last
@@ -30,7 +30,7 @@ long_speech=.clips/audio/musetalk_eng.wav        # 60 s: 1,500 frames
 all="install prep ref_train_2 train_b2_fast train_b2_stock train_b2_graphs ref_infer infer_default \
 infer_compile_cold infer_auto_warm ref_train_16 train_b16_fast train_b16_stock steady_768 steady_256_eager \
 steady_256 infer_nobench train_b2_compile train_b2_graphs_single train_b16_graphs eval_speed realtime_256 realtime_512 \
-realtime_256_compile"
+realtime_256_compile realtime_512_compile stream_encoder"
 if [ "$tiny" = 1 ]; then
   all="prep train_b2_fast train_b2_stock infer_default"; cap_scale=5   # a slow shared CPU
   clip=${GPU_SPEED_CLIP:?GPU_SPEED_TINY=1 needs GPU_SPEED_CLIP, GPU_SPEED_SPEECH}; speech=${GPU_SPEED_SPEECH:?}
@@ -131,7 +131,8 @@ steady() {
 nobench() { export LIPSYNC_CUDNN_BENCHMARK=0; "$@"; }   # cuDNN's autotuning off (lipsync/inference/models.py)
 export -f infer steady nobench
 
-piece ref_infer 100 170 bash .refbench/run_reference.sh infer "$clip" "$speech" "$BOX"
+# absolute paths: the reference runs from its own folder
+piece ref_infer 100 170 bash .refbench/run_reference.sh infer "$root/$clip" "$root/$speech" "$BOX"
 piece infer_default 50 120 infer --outfile "$work/default.mp4"
 # the warm run needs the cold one's cache, on this machine: the cold one starts only if both fit
 piece infer_compile_cold 145 220 infer --outfile "$work/compile_cold.mp4" --compile
@@ -170,9 +171,11 @@ realtime() {
 }
 export -f evaluation realtime
 piece eval_speed 120 240 evaluation
+piece stream_encoder 40 90 "$py" bench/bench_stream_encoder.py --work "$work/stream_encoder" --profile
 piece realtime_256 90 200 realtime 256
 piece realtime_512 90 200 realtime 512
-piece realtime_256_compile 150 260 realtime 256 --compile
+piece realtime_256_compile 150 300 realtime 256 --compile
+piece realtime_512_compile 200 300 realtime 512 --compile --streams 1 2 3 4
 
 echo
 "$py" bench/gpu_speed.py table "$out" | tee "$out/table.md"

@@ -136,8 +136,8 @@ class GraphedHiddenStates:
     a short batch's end hold stale windows that are computed and ignored (rows are independent)."""
 
     def __init__(self, encoder: AudioEncoder, batch_size: int, length: int):
-        # autotuning off as in the eager call: its kernels, so its numbers at the same batch size
-        with torch.inference_mode(), no_autotuning():
+        # cuDNN autotunes this one fixed shape once here, if cudnn.benchmark is on (load_models sets it on CUDA)
+        with torch.inference_mode():
             self.windows = torch.zeros(batch_size, length, dtype=encoder.dtype, device=encoder.device)
             self.graph, self.hidden = record(encoder.device, "the speech encoder",
                                              lambda: encoder.model(self.windows).last_hidden_state)

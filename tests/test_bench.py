@@ -185,3 +185,11 @@ def test_gpu_speed_table_reads_the_reference_and_project_logs(tmp_path):
     warm = by_name["this project, default flags after that run (--compile auto, cache on disk)"]
     assert warm[1:3] == ["22.7", "4.00x"]
     assert "240 frames, compiled" in warm[3] and "interpreter + imports 8.7" in warm[3]
+    # the reference's own script failed (a missing file) while its wrapper still printed its clock: no ratio
+    (tmp_path / "ref_infer.log").write_text("FileNotFoundError: speech.wav\nREF_PROCESS_WALL_S 17.5\n")
+    table = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_speed.py"), "table", str(tmp_path)],
+                           capture_output=True, text=True, check=True).stdout
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in table.splitlines() if "inference" not in
+            line and line.startswith("| ")}
+    assert rows["reference, its defaults (fp32, batch 2)"][1] == "failed (no REF_INFER line)"
+    assert rows["this project, default flags after that run (--compile auto, cache on disk)"][1:3] == ["22.7", ""]

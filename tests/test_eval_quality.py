@@ -53,7 +53,7 @@ def test_similarity_transform_recovers_a_known_one():
 def test_landmarks_belong_to_the_detected_face(grid_frames):
     detector = FaceDetector()
     boxes = detector.detect(grid_frames)
-    points = identity.detect_landmarks(detector, grid_frames)  # [N, 5, 2]
+    points = detector.detect_landmarks(grid_frames)  # [N, 5, 2]
     assert np.isfinite(points).all()
     inside = ((points[..., 0] > boxes[:, None, 0]) & (points[..., 0] < boxes[:, None, 2])
               & (points[..., 1] > boxes[:, None, 1]) & (points[..., 1] < boxes[:, None, 3]))

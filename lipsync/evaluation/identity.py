@@ -26,34 +26,6 @@ ARCFACE_SIZE = 112
 # insightface's arcface_dst: the 5 landmarks (eyes, nose tip, mouth corners) of a 112 x 112 aligned face
 ARCFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655],
                              [70.7299, 92.2041]], dtype=np.float64)
-_LANDMARK_VARIANCE = 0.1  # RetinaFace's landmark coding (Pytorch_Retinaface decode_landm)
-
-
-def detect_landmarks(detector, frames: np.ndarray) -> np.ndarray:
-    """frames [B, H, W, 3] RGB uint8 -> 5 landmarks [B, 5, 2] (x, y, full-resolution pixels) of each frame's best
-    face (the face lipsync.faces.FaceDetector.detect returns); NaN where none scores above its threshold."""
-    height, width = frames.shape[1:3]
-    scale = min(1.0, detector.detect_size / max(height, width))
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    if size != (width, height):
-        frames = np.stack([cv2.resize(frame, size, interpolation=cv2.INTER_AREA) for frame in frames])
-    inputs = (frames[..., ::-1].astype(np.float32) - np.array([104, 117, 123], np.float32)).transpose(0, 3, 1, 2)
-    if detector.runtime == "torch":
-        import torch
-
-        with torch.inference_mode():
-            _, conf, landms = (t.float().cpu().numpy() for t in detector.network(
-                torch.from_numpy(np.ascontiguousarray(inputs)).to(detector.device)))
-    else:
-        _, conf, landms = detector.session.run(None, {"input": np.ascontiguousarray(inputs)})
-    rows = np.arange(len(frames))
-    best = conf[..., 1].argmax(axis=1)
-    anchors = detector._anchors_for(size[1], size[0])[best]  # [B, 3] centre x, centre y, side
-    points = landms[rows, best].reshape(-1, 5, 2)
-    points = anchors[:, None, :2] + points * _LANDMARK_VARIANCE * anchors[:, None, 2:]
-    points = points * np.array([width / size[0], height / size[1]], np.float32)
-    points[conf[rows, best, 1] <= detector.score_threshold] = np.nan
-    return points.astype(np.float32)
 
 
 def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -147,7 +119,7 @@ def face_embeddings(arcface: ArcFace, detector, frames: np.ndarray, batch_size: 
     out = []
     for i in range(0, len(frames), batch_size):
         chunk = frames[i:i + batch_size]
-        points = detect_landmarks(detector, chunk)
+        points = detector.detect_landmarks(chunk)
         found = np.isfinite(points).all(axis=(1, 2))
         if found.any():
             out.append(arcface.embed(align_faces(chunk[found], points[found])))
