@@ -279,7 +279,8 @@ def score_video(scorers: Scorers, generated: Path, reference: Path | None, cache
     features = {}
     if reference is not None and metrics & {"fid", "quality", "csim"}:
         ref_frames = _frames(reference)
-        ref_crops, ref_boxes = _face_crops(scorers, ref_frames)
+        if metrics & {"quality", "fid"}:  # CSIM aligns faces by its own landmarks
+            ref_crops, ref_boxes = _face_crops(scorers, ref_frames)
         if "quality" in metrics:
             from lipsync.evaluation.quality import ssim_psnr
 
