@@ -3,7 +3,7 @@ connection's frames generated in shared batches on one device (lipsync.realtime.
 
     python avatar_server.py --checkpoint_path CKPT [--avatars avatars] [--host 127.0.0.1] [--port 8000] \
         [--device auto] [--max_batch 16] [--left_context_s 1.0] [--right_context_s 0.1] [--silence_db -50] \
-        [--jpeg_quality 85] [--max_queued_frames 50] [--compile] [--no_cuda_graph]
+        [--jpeg_quality 85] [--max_queued_frames 50] [--compile {auto,on,off}] [--no_cuda_graph]
 
 Then open http://HOST:PORT/ (microphone or a file), or stream from code: ws://HOST:PORT/stream?avatar=NAME.
 Prepare avatars first: python prepare_avatar.py --checkpoint_path CKPT --face VIDEO --name NAME
@@ -15,6 +15,7 @@ import socket
 
 from lipsync.errors import UserError, cli_entry
 from lipsync.inference import load_models
+from lipsync.inference.models import resolve_device
 from lipsync.realtime.server import ServerOptions, create_app, load_avatars
 from lipsync.realtime.streaming import StreamOptions
 
@@ -32,7 +33,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--compile", action="store_true", help="torch.compile the UNet and the codec (CUDA)")
+    p.add_argument("--compile", nargs="?", const="on", default="auto", choices=("on", "off", "auto"),
+                   help="torch.compile the UNet and the codec: 'auto' (default) on a CUDA device, where it halves the "
+                        "generation step; the first start on a machine compiles for minutes, later ones read the "
+                        "kernels kept on disk (lipsync/compile_cache.py). '--compile' alone = on")
     p.add_argument("--no_cuda_graph", dest="cuda_graph", action="store_false",
                    help="launch each kernel from Python instead of replaying recorded CUDA graphs")
     p.add_argument("--max_batch", type=int, default=DEFAULTS.max_batch,
@@ -55,7 +59,12 @@ def build(args: argparse.Namespace):
     """The app for these options (models and avatars loaded)."""
     if args.max_batch < 1 or not 1 <= args.jpeg_quality <= 100 or args.max_queued_frames < 1:
         raise UserError("--max_batch and --max_queued_frames must be >= 1, --jpeg_quality in 1..100")
-    models = load_models(args.checkpoint_path, device=args.device, compile=args.compile)
+    device = resolve_device(args.device)
+    compile = args.compile == "on" or (args.compile == "auto" and device.type == "cuda")
+    if compile:
+        print("compiling the generation step for this device (minutes on the first start of a machine; "
+              "--compile off skips it)", flush=True)
+    models = load_models(args.checkpoint_path, device=str(device), compile=compile)
     avatars = load_avatars(args.avatars, models)
     stream = StreamOptions(left_context_s=args.left_context_s, right_context_s=args.right_context_s,
                            silence_db=args.silence_db, color_match=args.color_match)

@@ -5,7 +5,7 @@ and frames.
     # real time in CHUNK ms chunks; per stream: first-frame latency, delay from audio to frame, sustained fps
     python bench/bench_realtime.py --clip FACE.mp4 --audio SPEECH.wav --work /tmp/bench_rt \
         [--sizes 256 512] [--streams 1 2 4 8 16] [--chunk_ms 20] [--seconds 10] [--max_batch 16] \
-        [--right_context_s 0.1] [--compile] [--no_cuda_graph] [--tiny]
+        [--right_context_s 0.1] [--compile {auto,on,off}] [--no_cuda_graph] [--tiny]
     # context: features and frames of a stream at each right / left context against the whole clip's
     python bench/bench_realtime.py --clip FACE.mp4 --audio SPEECH.wav --work /tmp/bench_rt --context_sweep \
         [--sizes 256] [--tiny] [--features_only]
@@ -99,7 +99,7 @@ class ServerProcess:
                    "--avatars", str(avatars), "--port", "0", "--max_batch", str(args.max_batch),
                    "--right_context_s", str(args.right_context_s), "--device", args.device,
                    "--max_queued_frames", "1000"]
-        command += ["--compile"] * args.compile + ["--no_cuda_graph"] * (not args.cuda_graph)
+        command += ["--compile", args.compile] + ["--no_cuda_graph"] * (not args.cuda_graph)
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=ROOT,
                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
         line = self.process.stdout.readline()
@@ -286,7 +286,7 @@ def main(argv=None):
     p.add_argument("--max_batch", type=int, default=16)
     p.add_argument("--right_context_s", type=float, default=StreamOptions().right_context_s)
     p.add_argument("--device", default="auto")
-    p.add_argument("--compile", action="store_true")
+    p.add_argument("--compile", choices=("auto", "on", "off"), default="auto", help="the server's --compile")
     p.add_argument("--no_cuda_graph", dest="cuda_graph", action="store_false")
     p.add_argument("--tiny", action="store_true", help="the tiny test models at 64 px (CPU)")
     p.add_argument("--context_sweep", action="store_true", help="the context table instead of the streams table")

@@ -163,7 +163,7 @@ evaluation() {
     --upgrade --target /tmp/torch_fidelity .whl_fidelity/*.whl && export LIPSYNC_TORCH_FIDELITY=/tmp/torch_fidelity
   "$py" bench/bench_evaluate.py --work "$work/evaluation" --size 512 --seconds 10 --videos 3 "$@"
 }
-# streams vs delay through the real server; SIZE, then extra flags (--compile)
+# streams vs delay through the real server; SIZE, then extra flags (--compile on|off)
 realtime() {
   local size=$1; shift
   "$py" bench/bench_realtime.py --clip "$clip" --audio "$speech" --work "$work/realtime" --sizes "$size" \
@@ -172,10 +172,10 @@ realtime() {
 export -f evaluation realtime
 piece eval_speed 120 240 evaluation
 piece stream_encoder 40 90 "$py" bench/bench_stream_encoder.py --work "$work/stream_encoder" --profile
-piece realtime_256 90 200 realtime 256
-piece realtime_512 90 200 realtime 512
-piece realtime_256_compile 150 300 realtime 256 --compile
-piece realtime_512_compile 200 300 realtime 512 --compile --streams 1 2 3 4
+piece realtime_256 90 200 realtime 256 --compile off
+piece realtime_512 90 200 realtime 512 --compile off
+piece realtime_256_compile 150 300 realtime 256 --compile on
+piece realtime_512_compile 200 300 realtime 512 --compile on --streams 1 2 3 4
 
 echo
 "$py" bench/gpu_speed.py table "$out" | tee "$out/table.md"

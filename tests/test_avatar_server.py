@@ -214,3 +214,15 @@ def test_a_bad_chunk_is_an_error_on_its_own_connection_only(server, pcm, case):
         good.send(json.dumps({"type": "end"}))
         frames, end = receive_all(good)
         assert end["frames"] == len(frames) == 50
+
+
+def test_the_script_compiles_by_default_on_cuda_only(tiny_models, avatars_dir, capsys):
+    import avatar_server
+
+    checkpoint = tiny_models["root"] / "server_generator.ckpt"  # written by the models fixture
+    common = ["--checkpoint_path", str(checkpoint), "--avatars", str(avatars_dir), "--device", "cpu"]
+    assert avatar_server.parse_args(common).compile == "auto"
+    assert avatar_server.parse_args(common + ["--compile"]).compile == "on"
+    _, avatars = avatar_server.build(avatar_server.parse_args(common))
+    assert set(avatars) == {"grid", "grid2"} and not avatars["grid"].models.compiled
+    assert "compiling" not in capsys.readouterr().out  # auto: no compilation on a CPU
