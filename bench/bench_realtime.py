@@ -102,8 +102,10 @@ class ServerProcess:
         command += ["--compile", args.compile] + ["--no_cuda_graph"] * (not args.cuda_graph)
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=ROOT,
                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        line = self.process.stdout.readline()
-        match = re.search(r"http://[^:]+:(\d+)/", line)
+        line = match = None
+        while line != "" and not match:  # notes (compiling ...) come before the address
+            line = self.process.stdout.readline()
+            match = re.search(r"http://[^:]+:(\d+)/", line)
         if not match:
             self.process.kill()
             raise RuntimeError(f"the server did not start: {line!r}")

@@ -13,10 +13,9 @@ Protocol, `WS /stream?avatar=NAME[&format=s16le|f32le][&rate=16000]`:
 
 Flow: the connection's receiver validates each chunk (pcm_samples) and hands it to the scheduler; it stops reading
 while the connection has more than `max_backlog_s` of audio without frames (a client sending faster than real
-time is held back by TCP). The scheduler loop: drain every connection's chunks, start encoding their new feature
-windows (one Wav2Vec2 call per window length, on the encoder's own CUDA stream), take up to `max_batch` frames whose
-features are known round-robin over connections, generate them in one batch (FrameGenerator) while the encoder runs
-beside, and queue (frame index, face) on each connection. A sender per
+time is held back by TCP). The scheduler loop: drain every connection's chunks, encode their due feature
+windows (one Wav2Vec2 call per window length), take up to `max_batch` due frames round-robin over connections,
+generate them in one batch (FrameGenerator), and queue (frame index, face) on each connection. A sender per
 connection pastes and JPEG-encodes its frames in a thread pool (OpenCV releases the GIL) and sends them in order.
 A connection with more than `max_queued_frames` unsent frames (a client that stopped reading) is closed; a closed
 or dropped one is forgotten at the next tick. Neither holds up the scheduler.
@@ -170,10 +169,8 @@ class Scheduler:
             live.append(connection)
         requests = [r for c in live for r in c.stream.feature_requests(limit=self.options.max_batch)]
         started = time.perf_counter()
-        # the new windows are encoded while this tick generates the frames whose features are already known:
-        # frames that need the new ones are due at the next tick
-        finish_features = self.generator.start_features(requests)
-        launched = time.perf_counter()
+        self.generator.features(requests)
+        encoded = time.perf_counter()
         jobs, owners = [], []
         progress = True
         while progress and len(jobs) < self.options.max_batch:  # round-robin: one frame per connection a turn
@@ -197,13 +194,10 @@ class Scheduler:
                                            f"closing")
                     continue
                 connection.put((job.index, job.timestamp, job.source, face))
-        generated = time.perf_counter()
-        finish_features()
-        # where the scheduler's time goes (GET /stats; bench_realtime.py prints it): the speech encoder (launching
-        # it, then waiting for what generation did not cover), and the frames (picking the due ones, generating
-        # them, handing them to their connections)
-        self.stats["encoder_s"] += launched - started + time.perf_counter() - generated
-        self.stats["generate_s"] += generated - launched
+        # where the scheduler's time goes (GET /stats; bench_realtime.py prints it): the speech encoder, and the
+        # frames (picking the due ones, generating them, handing them to their connections)
+        self.stats["encoder_s"] += encoded - started
+        self.stats["generate_s"] += time.perf_counter() - encoded
         self.stats["encoder_windows"] += len(requests)
         for connection in live:
             if connection.stream.finished and not connection.closed.is_set():

@@ -21,10 +21,9 @@ so speech and silence join without a seam, and a listening avatar costs no devic
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -320,44 +319,23 @@ class FrameGenerator:
         self.max_batch = max_batch
         self.graphed = cuda_graph and models.device.type == "cuda"
         self.window_samples = window_samples if self.graphed else None
-        # CUDA: the encoder's own stream, so its small kernels run beside the generation step's
-        self._encoder_stream = torch.cuda.Stream(models.device) if models.device.type == "cuda" else None
         self._silence: torch.Tensor | None = None
 
+    @torch.inference_mode()
     def features(self, requests: list[FeatureRequest]) -> None:
         """Encode the requests' windows (one encoder call per window length) and hand each its feature frames."""
-        self.start_features(requests)()
-
-    @torch.inference_mode()
-    def start_features(self, requests: list[FeatureRequest]) -> Callable[[], None]:
-        """Start encoding the requests' windows (on CUDA: on the encoder's own stream, beside whatever the device
-        runs next) -> a function that waits for them and hands each request its feature frames. Until then the
-        requests are outstanding: no frame that needs them is due."""
         by_length: dict[int, list[FeatureRequest]] = {}
         for request in requests:
             by_length.setdefault(len(request.window), []).append(request)
-        started = []  # (requests, hidden states [n, F, D] on the device)
-        with self._on_encoder_stream():
-            for length, group in by_length.items():
-                graphed = length == self.window_samples
-                for piece in batched(group, self.max_batch if graphed else 4 * self.max_batch):
-                    windows = np.stack([r.window for r in piece])
-                    # a graph's output is rewritten by its next replay: copied on the stream, in order
-                    hidden = (self._encoder_graph(len(piece))(windows).clone() if graphed
-                              else self.models.audio_encoder.hidden_states(windows))
-                    started.append((piece, hidden))
-
-        @torch.inference_mode()
-        def finish() -> None:
-            with self._on_encoder_stream():  # the copies wait for the encoder's stream
-                for piece, hidden in started:
-                    for request, states in zip(piece, hidden.float().cpu()):  # one copy back per call
-                        request.owner.accept(request, states)
-
-        return finish
-
-    def _on_encoder_stream(self):
-        return contextlib.nullcontext() if self._encoder_stream is None else torch.cuda.stream(self._encoder_stream)
+        for length, group in by_length.items():
+            graphed = length == self.window_samples
+            for piece in batched(group, self.max_batch if graphed else 4 * self.max_batch):
+                windows = np.stack([r.window for r in piece])
+                hidden = (self._encoder_graph(len(piece))(windows) if graphed
+                          else self.models.audio_encoder.hidden_states(windows))
+                # one copy back per call, not one per request
+                for request, states in zip(piece, hidden.float().cpu()):
+                    request.owner.accept(request, states)
 
     def _encoder_graph(self, rows: int) -> GraphedHiddenStates:
         """The recorded encoder call for `rows` windows of `window_samples` (padded to a power of two)."""
