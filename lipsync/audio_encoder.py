@@ -131,9 +131,10 @@ class AudioEncoder:
 
 class GraphedHiddenStates:
     """AudioEncoder.hidden_states of up to `batch_size` windows of exactly `length` samples as ONE CUDA graph: a
-    copy in, a replay, a copy out. A stream's windows all have one length once its context is full, and the eager
-    call on a few of them is bound by launching Wav2Vec2's kernels one by one, not by their arithmetic. Rows past
-    a short batch's end hold stale windows that are computed and ignored (rows are independent)."""
+    copy in, a replay, a copy out, none of Wav2Vec2's few hundred kernel launches from Python. A stream's windows
+    all have one length once its context is full; a server's tick encodes one window per stream that moved on, so
+    most calls are small, where the launches cost most (BENCHMARKS.md, real time). Rows past a short batch's end
+    hold stale windows that are computed and ignored (rows are independent)."""
 
     def __init__(self, encoder: AudioEncoder, batch_size: int, length: int):
         # cuDNN autotunes this one fixed shape once here, if cudnn.benchmark is on (load_models sets it on CUDA)
