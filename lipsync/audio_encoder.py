@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn.utils import parametrize
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
 
 from lipsync.cuda_graph import record
@@ -84,6 +85,12 @@ class AudioEncoder:
         except (OSError, ValueError):
             self.normalize = True
         self.model.eval().requires_grad_(False).to(device)
+        # frozen: a reparametrised weight (Wav2Vec2's weight-normed positional convolution) is a constant, computed
+        # once here with the same function instead of at every call (a kernel in every streaming window's step)
+        for module in self.model.modules():
+            if parametrize.is_parametrized(module):
+                for name in list(module.parametrizations):
+                    parametrize.remove_parametrizations(module, name, leave_parametrized=True)
         self.model_id = model_id
         self.hidden_size = int(config.hidden_size)
         self.device = torch.device(device)

@@ -300,3 +300,19 @@ def test_bf16_generation_stays_within_bf16_tolerance_of_fp32(tiny_models):
     assert relative(latents16, latents32) < 0.06
     assert relative(images16, images32) < 0.12
     assert relative(other_audio, images32) > 0.2
+
+
+def test_audio_encoder_computes_its_weight_norm_once_with_the_same_numbers(tiny_models):
+    """The positional convolution's weight norm is folded into a plain weight at load: the hidden states are the
+    Hugging Face model's (its parametrised weight recomputed at every call) bit for bit."""
+    from torch.nn.utils import parametrize
+    from transformers import AutoModel
+
+    enc = AudioEncoder(tiny_models["wav2vec2"])
+    assert not any(parametrize.is_parametrized(m) for m in enc.model.modules())
+    stock = AutoModel.from_pretrained(tiny_models["wav2vec2"]).eval()
+    assert any(parametrize.is_parametrized(m) for m in stock.modules())  # the fold above had work to do
+    windows = np.random.default_rng(0).standard_normal((2, 16000)).astype(np.float32)
+    with torch.inference_mode():
+        expected = stock(torch.from_numpy(windows)).last_hidden_state
+    assert torch.equal(enc.hidden_states(windows), expected)
