@@ -97,7 +97,7 @@ class FaceDetector:
         best = conf[..., 1].argmax(axis=1)
         return best, conf[rows, best, 1], loc[rows, best], landms[rows, best]
 
-    def _detect(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def detect_with_landmarks(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """frames [B, H, W, 3] RGB uint8 -> the best-scoring face of each frame in full-resolution pixels: box [B, 4]
         (x1, y1, x2, y2) and 5 landmarks [B, 5, 2] (eyes, nose tip, mouth corners; x, y), NaN where no face
         scores above the threshold."""
@@ -121,12 +121,12 @@ class FaceDetector:
     def detect(self, frames: np.ndarray) -> np.ndarray:
         """frames [B, H, W, 3] RGB uint8 -> boxes [B, 4] float32 (x1, y1, x2, y2) of the best-scoring face in
         full-resolution pixels; a NaN row where no face scores above the threshold."""
-        return self._detect(frames)[0]
+        return self.detect_with_landmarks(frames)[0]
 
     def detect_landmarks(self, frames: np.ndarray) -> np.ndarray:
         """frames [B, H, W, 3] RGB uint8 -> 5 landmarks [B, 5, 2] float32 (x, y in full-resolution pixels: eyes,
         nose tip, mouth corners, left to right in the image) of the face `detect` returns; NaN where none."""
-        return self._detect(frames)[1]
+        return self.detect_with_landmarks(frames)[1]
 
 
 SMOOTH_WINDOW = 5  # frames averaged by smooth_boxes (centred: SMOOTH_WINDOW // 2 on each side)
@@ -197,6 +197,16 @@ def raw_boxes(frames: Iterable[np.ndarray], detector: FaceDetector | None, batch
         return fixed_box(box, sum(1 for _ in frames))
     return np.concatenate([detector.detect(np.stack(batch)) for batch in batched(frames, batch_size)] or
                           [np.zeros((0, 4), dtype=np.float32)])
+
+
+def detect_video(frames: np.ndarray, detector: FaceDetector, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """A whole video's detections in one pass, in `raw_boxes`' batches (so the same numbers): frames [N, H, W, 3]
+    -> (raw boxes [N, 4], landmarks [N, 5, 2]), NaN rows without a face. For callers that need both, or need
+    them for several things (the evaluator's metrics)."""
+    found = [detector.detect_with_landmarks(frames[i:i + batch_size]) for i in range(0, len(frames), batch_size)]
+    if not found:
+        return np.zeros((0, 4), np.float32), np.zeros((0, 5, 2), np.float32)
+    return np.concatenate([b for b, _ in found]), np.concatenate([p for _, p in found])
 
 
 def nearest_found_boxes(boxes: np.ndarray, found: np.ndarray) -> np.ndarray:

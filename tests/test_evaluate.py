@@ -166,3 +166,26 @@ def test_bad_inputs_are_one_line_errors(test_videos, weights_dir, tmp_path, caps
     line = _error(["--generated", test_videos, "--reference", listing, "--video_root", test_videos, *base], capsys)
     assert "list.txt:2: no video 'nobody'" in line
     assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_one_pass_detects_each_video_once_for_every_metric(test_videos, weights_dir, trained_expert):
+    """LSE (RetinaFace recipe), the expert, FID / SSIM crops and CSIM landmarks share one detector pass per video."""
+    from lipsync.evaluation import runner
+    from lipsync.faces import FaceDetector
+
+    class CountingDetector(FaceDetector):  # the real detector, counting the frames it is given
+        frames = 0
+
+        def detect_with_landmarks(self, frames):
+            CountingDetector.frames += len(frames)
+            return super().detect_with_landmarks(frames)
+
+    options = runner.EvalOptions(weights_dir=str(weights_dir), weights_check="architecture",
+                                 expert=str(trained_expert.checkpoint), expert_pads=tuple(trained_expert.pads),
+                                 min_track=10, min_face_size=20.0, fid_stride=4, device="cpu", cache=False,
+                                 metrics=runner.METRICS)
+    scorers = runner.Scorers.load(options, references=True)
+    scorers.face_detector = CountingDetector()
+    row = runner.score_video(scorers, test_videos / "person31.mp4", test_videos / "person32.mp4", None)
+    assert {"lse_c", "expert_c", "ssim_mouth", "csim", "_features"} <= set(row)
+    assert CountingDetector.frames == 2 * row["frames"] == 80  # the generated video once, the reference once

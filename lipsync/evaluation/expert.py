@@ -25,7 +25,7 @@ from lipsync.audio_encoder import AudioEncoder
 from lipsync.checkpoint import load_syncnet
 from lipsync.errors import UserError
 from lipsync.evaluation.sync import VSHIFT, WINDOW, SyncScores, shift_audio, sync_scores
-from lipsync.faces import FaceDetector, crop_faces, face_boxes, nearest_found_boxes
+from lipsync.faces import FaceDetector, crop_boxes, crop_faces, face_boxes, nearest_found_boxes
 from lipsync.latent_codec import LatentCodec, uint8_to_model
 from lipsync.video_io import iter_frames
 
@@ -59,11 +59,15 @@ def _as_expert(expert, device="cpu") -> Expert:
 
 
 def face_crops(frames: np.ndarray, image_size: int, pads=DEFAULT_PADS, box=None,
-               detector: FaceDetector | None = None) -> np.ndarray:
+               detector: FaceDetector | None = None, raw_boxes: np.ndarray | None = None) -> np.ndarray:
     """frames [N, H, W, 3] RGB uint8 -> crops [N, S, S, 3] with the training recipe; frames without a face take
-    the nearest frame's box (UserError when no frame has one)."""
-    detector = detector if detector is not None or box is not None else FaceDetector()
-    boxes, found = face_boxes(frames, detector, pads=pads, box=box)
+    the nearest frame's box (UserError when no frame has one). raw_boxes: the detector's boxes [N, 4] of these
+    frames, when the caller has them (lipsync.faces.detect_video)."""
+    if raw_boxes is not None:
+        boxes, found = crop_boxes(raw_boxes, pads)
+    else:
+        detector = detector if detector is not None or box is not None else FaceDetector()
+        boxes, found = face_boxes(frames, detector, pads=pads, box=box)
     if not found.any():
         raise UserError("no face found in any frame")
     return crop_faces(frames, nearest_found_boxes(boxes, found), image_size)
@@ -119,11 +123,13 @@ def _read(video, audio) -> tuple[np.ndarray, np.ndarray]:
 
 
 def expert_sync_scores(expert, video, audio=None, pads=DEFAULT_PADS, box=None, vshift: int = VSHIFT,
-                       batch_size: int = 64, detector: FaceDetector | None = None) -> SyncScores:
+                       batch_size: int = 64, detector: FaceDetector | None = None,
+                       raw_boxes: np.ndarray | None = None) -> SyncScores:
     """AV offset / confidence (LSE-C) / distance (LSE-D) of `video` (path; or frames [N, H, W, 3] RGB uint8 at 25
     fps) against `audio` (None: the video's own track; a path; or float32 [S] at 16 kHz) by the expert (`Expert`
     or a checkpoint path). pads / box: the crop recipe the expert was trained with (video_preprocess.py's).
-    detector: the caller's FaceDetector (default: a new one on the expert's device)."""
+    detector: the caller's FaceDetector (default: a new one on the expert's device); raw_boxes: its boxes of these
+    frames, when the caller has them."""
     expert = _as_expert(expert)
     if isinstance(video, (str, Path)):
         frames, speech = _read(video, audio)
@@ -131,7 +137,9 @@ def expert_sync_scores(expert, video, audio=None, pads=DEFAULT_PADS, box=None, v
         if audio is None:
             raise ValueError("frames given without audio")
         frames, speech = np.asarray(video), _read_audio(audio)
-    crops = face_crops(frames, expert.image_size, pads, box, detector or _detector(expert, box))
+    if raw_boxes is None:
+        detector = detector or _detector(expert, box)
+    crops = face_crops(frames, expert.image_size, pads, box, detector, raw_boxes)
     return scores_from_crops(expert, crops, speech, vshift, batch_size)
 
 

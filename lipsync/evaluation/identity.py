@@ -114,12 +114,14 @@ def load_arcface(weights_dir, check: str = "sha256", device="cpu") -> ArcFace:
     return ArcFace(weight_path(weights_dir, "arcface", check), device)
 
 
-def face_embeddings(arcface: ArcFace, detector, frames: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """frames [N, H, W, 3] RGB uint8 -> embeddings [M, D] of the M frames where a face (and landmarks) is found."""
+def face_embeddings(arcface: ArcFace, detector, frames: np.ndarray, batch_size: int = 32,
+                    landmarks: np.ndarray | None = None) -> np.ndarray:
+    """frames [N, H, W, 3] RGB uint8 -> embeddings [M, D] of the M frames where a face (and landmarks) is found.
+    landmarks: the detector's [N, 5, 2] of these frames, when the caller has them (lipsync.faces.detect_video)."""
     out = []
     for i in range(0, len(frames), batch_size):
         chunk = frames[i:i + batch_size]
-        points = detector.detect_landmarks(chunk)
+        points = detector.detect_landmarks(chunk) if landmarks is None else landmarks[i:i + batch_size]
         found = np.isfinite(points).all(axis=(1, 2))
         if found.any():
             out.append(arcface.embed(align_faces(chunk[found], points[found])))

@@ -224,22 +224,27 @@ def _frames(path) -> np.ndarray:
     return np.stack(frames)
 
 
-def _face_crops(scorers: Scorers, frames: np.ndarray, boxes=None) -> tuple[np.ndarray, np.ndarray]:
-    """(crops [N, 256, 256, 3], boxes) with lipsync.faces' recipe; frames without a face take the nearest box."""
-    from lipsync.faces import crop_faces, face_boxes, nearest_found_boxes
+def _face_crops(frames: np.ndarray, boxes=None, raw_boxes=None) -> tuple[np.ndarray, np.ndarray]:
+    """(crops [N, 256, 256, 3], boxes) with lipsync.faces' recipe from the detector's `raw_boxes` [N, 4] (or the
+    crop `boxes` given); frames without a face take the nearest box."""
+    from lipsync.faces import crop_boxes, crop_faces, nearest_found_boxes
 
     if boxes is None:
-        boxes, found = face_boxes(frames, scorers.face_detector)
+        boxes, found = crop_boxes(raw_boxes)
         if not found.any():
             raise UserError("no face found")
         boxes = nearest_found_boxes(boxes, found)
     return crop_faces(frames, boxes[:len(frames)], FACE_CROP_SIZE), boxes
 
 
-def _lse(scorers: Scorers, frames: np.ndarray, audio: np.ndarray) -> dict:
+def _lse(scorers: Scorers, frames: np.ndarray, audio: np.ndarray, raw_boxes: np.ndarray) -> dict:
+    """raw_boxes: the evaluator's detections of these frames, the tracks' input with the RetinaFace recipe."""
     from lipsync.evaluation import sync, tracks
 
-    track = tracks.face_track(scorers.track_detector(frames), scorers.track_options)
+    detector = scorers.track_detector
+    detections = (tracks.RetinaFaceDetector.per_frame(raw_boxes) if isinstance(detector, tracks.RetinaFaceDetector)
+                  else detector(frames))
+    track = tracks.face_track(detections, scorers.track_options)
     if track is None:
         return {"lse_note": f"no face track longer than {scorers.track_options.min_track} frames with faces over "
                             f"{scorers.track_options.min_face_size:g} px"}
@@ -268,36 +273,47 @@ def score_video(scorers: Scorers, generated: Path, reference: Path | None, cache
     frames = _frames(generated)
     audio = load_audio(generated)  # the driving speech: the output's own audio track
     row: dict = {"frames": len(frames)}
+    detected = {}  # one detector pass per video, shared by every metric: (raw boxes [N, 4], landmarks [N, 5, 2])
+
+    def detections(which: str, video: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from lipsync.faces import detect_video
+
+        if which not in detected:
+            detected[which] = detect_video(video, scorers.face_detector)
+        return detected[which]
+
     if "lse" in metrics:
-        row.update(_lse(scorers, frames, audio))
+        row.update(_lse(scorers, frames, audio, detections("generated", frames)[0]))
     if "expert" in metrics:
         from lipsync.evaluation.expert import expert_sync_scores
 
         scores = expert_sync_scores(scorers.expert, frames, audio, pads=options.expert_pads,
-                                    detector=scorers.face_detector)
+                                    raw_boxes=detections("generated", frames)[0])
         row.update({"expert_d": scores.distance, "expert_c": scores.confidence, "expert_offset": scores.offset})
     features = {}
     if reference is not None and metrics & {"fid", "quality", "csim"}:
         ref_frames = _frames(reference)
-        if metrics & {"quality", "fid"}:  # CSIM aligns faces by its own landmarks
-            ref_crops, ref_boxes = _face_crops(scorers, ref_frames)
+        if metrics & {"quality", "fid"}:  # CSIM aligns faces by their landmarks instead
+            ref_crops, ref_boxes = _face_crops(ref_frames, raw_boxes=detections("reference", ref_frames)[0])
         if "quality" in metrics:
             from lipsync.evaluation.quality import ssim_psnr
 
             n = min(len(frames), len(ref_frames))
-            gen_crops, _ = _face_crops(scorers, frames[:n], ref_boxes[:n])  # the reference's boxes
+            gen_crops, _ = _face_crops(frames[:n], ref_boxes[:n])  # the reference's boxes
             row.update(ssim_psnr(gen_crops, ref_crops[:n], device=scorers.device))
             row["compared_frames"] = n
         if "csim" in metrics:
             from lipsync.evaluation.identity import csim, face_embeddings
 
-            row["csim"] = csim(face_embeddings(scorers.arcface, scorers.face_detector, frames),
-                               face_embeddings(scorers.arcface, scorers.face_detector, ref_frames))
+            row["csim"] = csim(
+                face_embeddings(scorers.arcface, None, frames, landmarks=detections("generated", frames)[1]),
+                face_embeddings(scorers.arcface, None, ref_frames, landmarks=detections("reference", ref_frames)[1]))
         if "fid" in metrics:
             from lipsync.evaluation.fid import inception_features
 
             k = max(1, options.fid_stride)
-            own_crops, _ = _face_crops(scorers, frames)  # its own boxes, found and smoothed as the reference's
+            # its own boxes, found and smoothed as the reference's
+            own_crops, _ = _face_crops(frames, raw_boxes=detections("generated", frames)[0])
             features = {"gen_face": inception_features(scorers.inception, own_crops[::k]),
                         "gen_frame": inception_features(scorers.inception, frames[::k]),
                         "ref_face": inception_features(scorers.inception, ref_crops[::k]),

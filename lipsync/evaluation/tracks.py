@@ -126,11 +126,14 @@ class RetinaFaceDetector:
 
     def __call__(self, frames: np.ndarray) -> list[list[np.ndarray]]:
         """frames [N, H, W, 3] RGB uint8 -> per frame a list of 0 or 1 boxes."""
-        out = []
-        for start in range(0, len(frames), self.batch_size):
-            boxes = self.detector.detect(np.ascontiguousarray(frames[start:start + self.batch_size]))
-            out += [[box] if np.isfinite(box).all() else [] for box in boxes]
-        return out
+        boxes = [self.detector.detect(np.ascontiguousarray(frames[start:start + self.batch_size]))
+                 for start in range(0, len(frames), self.batch_size)]
+        return self.per_frame(np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32))
+
+    @staticmethod
+    def per_frame(boxes: np.ndarray) -> list[list[np.ndarray]]:
+        """FaceDetector's boxes [N, 4] (NaN rows: no face) of a video -> per frame a list of 0 or 1 boxes."""
+        return [[box] if np.isfinite(box).all() else [] for box in boxes]
 
 
 class S3FDDetector:
