@@ -195,7 +195,7 @@ class Scorers:
                 scorers.track_detector = tracks.S3FDDetector(
                     weight_path(options.weights_dir, "s3fd", options.weights_check), device, scorers.track_options)
             elif options.face_detector == "retinaface":
-                scorers.track_detector = tracks.RetinaFaceDetector(device)
+                scorers.track_detector = tracks.RetinaFaceDetector(detector=scorers.face_detector)
             else:
                 raise UserError(f"--face_detector {options.face_detector!r}: use retinaface or s3fd")
         if "expert" in metrics:
@@ -237,13 +237,13 @@ def _face_crops(frames: np.ndarray, boxes=None, raw_boxes=None) -> tuple[np.ndar
     return crop_faces(frames, boxes[:len(frames)], FACE_CROP_SIZE), boxes
 
 
-def _lse(scorers: Scorers, frames: np.ndarray, audio: np.ndarray, raw_boxes: np.ndarray) -> dict:
-    """raw_boxes: the evaluator's detections of these frames, the tracks' input with the RetinaFace recipe."""
+def _lse(scorers: Scorers, frames: np.ndarray, audio: np.ndarray, raw_boxes: np.ndarray | None) -> dict:
+    """raw_boxes: the evaluator's detections of these frames (the RetinaFace recipe's tracks start from them), or
+    None: the track detector's own (S3FD)."""
     from lipsync.evaluation import sync, tracks
 
-    detector = scorers.track_detector
-    detections = (tracks.RetinaFaceDetector.per_frame(raw_boxes) if isinstance(detector, tracks.RetinaFaceDetector)
-                  else detector(frames))
+    detections = (scorers.track_detector(frames) if raw_boxes is None
+                  else tracks.RetinaFaceDetector.per_frame(raw_boxes))
     track = tracks.face_track(detections, scorers.track_options)
     if track is None:
         return {"lse_note": f"no face track longer than {scorers.track_options.min_track} frames with faces over "
@@ -283,7 +283,8 @@ def score_video(scorers: Scorers, generated: Path, reference: Path | None, cache
         return detected[which]
 
     if "lse" in metrics:
-        row.update(_lse(scorers, frames, audio, detections("generated", frames)[0]))
+        shared = scorers.track_detector.name == "retinaface"  # the evaluator's detector: its pass serves LSE too
+        row.update(_lse(scorers, frames, audio, detections("generated", frames)[0] if shared else None))
     if "expert" in metrics:
         from lipsync.evaluation.expert import expert_sync_scores
 

@@ -118,17 +118,18 @@ class RetinaFaceDetector:
 
     name = "retinaface"
 
-    def __init__(self, device="cpu", batch_size: int = 32):
+    def __init__(self, device="cpu", batch_size: int = 32, detector=None):
+        """detector: a lipsync.faces.FaceDetector to use (default: a new one on `device`)."""
         from lipsync.faces import FaceDetector
 
-        self.detector = FaceDetector(device=device)
+        self.detector = detector or FaceDetector(device=device)
         self.batch_size = batch_size
 
     def __call__(self, frames: np.ndarray) -> list[list[np.ndarray]]:
         """frames [N, H, W, 3] RGB uint8 -> per frame a list of 0 or 1 boxes."""
-        boxes = [self.detector.detect(np.ascontiguousarray(frames[start:start + self.batch_size]))
-                 for start in range(0, len(frames), self.batch_size)]
-        return self.per_frame(np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32))
+        from lipsync.faces import raw_boxes
+
+        return self.per_frame(raw_boxes(frames, self.detector, self.batch_size))
 
     @staticmethod
     def per_frame(boxes: np.ndarray) -> list[list[np.ndarray]]:
