@@ -53,15 +53,6 @@ class Moments:
         return mean, max(float(np.sqrt(variance + NORMALIZE_EPS)), min_std)
 
 
-def no_autotuning():
-    """cuDNN's autotuning off, for the encoder's calls: their lengths vary (a clip's last chunk; a stream's windows
-    while its context fills, batches of 1..N streams), and cudnn.benchmark (on for the fixed-size face crops) would
-    time the convolutions again for every new shape, a stall of a tenth of a second each time."""
-    return torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, benchmark=False,
-                                      deterministic=torch.backends.cudnn.deterministic,
-                                      allow_tf32=torch.backends.cudnn.allow_tf32)
-
-
 def _only_a_path(model_id: str) -> bool:
     """A name the hub would refuse as a repo id ('name' or 'org/name'), so it can only mean a local folder."""
     return model_id.startswith((".", "/", "~")) or model_id.count("/") > 1 or "\\" in model_id
@@ -111,7 +102,12 @@ class AudioEncoder:
         """Normalised audio windows float32 [B, S] (S >= 400) -> hidden states [B, num_feature_frames(S), hidden]
         on the encoder's device, in one pass (the windows of several streams batched together)."""
         signal = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32))
-        with no_autotuning():
+        # lengths vary (a clip's last chunk; a stream's windows while its context fills, batches of 1..N streams):
+        # cuDNN's autotuning (cudnn.benchmark, on for the fixed-size face crops) would time the convolutions
+        # again for every new shape, a stall of a tenth of a second each time
+        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, benchmark=False,
+                                        deterministic=torch.backends.cudnn.deterministic,
+                                        allow_tf32=torch.backends.cudnn.allow_tf32):
             return self.model(signal.to(self.device, self.dtype)).last_hidden_state
 
     @torch.inference_mode()
