@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,17 +22,8 @@ from lipsync import model_zoo  # noqa: E402
 from lipsync.audio_encoder import AudioEncoder, GraphedHiddenStates  # noqa: E402
 from lipsync.realtime.streaming import StreamOptions  # noqa: E402
 
-
-def timed(call, repeats: int) -> float:
-    """ms per call (mean over `repeats` after two unmeasured calls), the GPU synchronised at both ends."""
-    for _ in range(2):
-        call()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        call()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - start) / repeats * 1000
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_train import timed  # noqa: E402  (ms per call after warm-up calls, the GPU synchronised)
 
 
 def main(argv=None):
@@ -56,12 +46,12 @@ def main(argv=None):
     print("batch  eager ms (no autotuning)  eager ms (autotuned)  graph ms  graph ms / window  max |graph - eager|")
     for batch in args.batches:
         windows = rng.standard_normal((batch, length)).astype(np.float32)
-        eager = timed(lambda: encoder.hidden_states(windows).float().cpu(), args.repeats)
+        eager = timed(lambda: encoder.hidden_states(windows).float().cpu(), args.repeats, warmup=2)[0]
         signal = torch.from_numpy(windows).cuda()
         with torch.inference_mode():
-            tuned = timed(lambda: encoder.model(signal).last_hidden_state.float().cpu(), args.repeats)
+            tuned = timed(lambda: encoder.model(signal).last_hidden_state.float().cpu(), args.repeats, warmup=2)[0]
         graph = GraphedHiddenStates(encoder, batch, length)
-        replay = timed(lambda: graph(windows).float().cpu(), args.repeats)
+        replay = timed(lambda: graph(windows).float().cpu(), args.repeats, warmup=2)[0]
         difference = (graph(windows).float().cpu() - encoder.hidden_states(windows).float().cpu()).abs().max()
         print(f"{batch:>5} {eager:>24.2f} {tuned:>21.2f} {replay:>9.2f} {replay / batch:>17.2f} {difference:>19.2e}",
               flush=True)
