@@ -132,7 +132,7 @@ nobench() { export LIPSYNC_CUDNN_BENCHMARK=0; "$@"; }   # cuDNN's autotuning off
 export -f infer steady nobench
 
 # absolute paths: the reference runs from its own folder
-piece ref_infer 100 170 bash .refbench/run_reference.sh infer "$root/$clip" "$root/$speech" "$BOX"
+piece ref_infer 100 170 bash .refbench/run_reference.sh infer "$(realpath "$clip")" "$(realpath "$speech")" "$BOX"
 piece infer_default 50 120 infer --outfile "$work/default.mp4"
 # the warm run needs the cold one's cache, on this machine: the cold one starts only if both fit
 piece infer_compile_cold 145 220 infer --outfile "$work/compile_cold.mp4" --compile
