@@ -71,8 +71,10 @@ timed() {
   return $rc
 }
 
+# byte-compiled as a user's `pip install` leaves them (a first import would otherwise compile diffusers' sources)
 install() {
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl &&
+    python3 -m compileall -q -j 0 /tmp/site > /dev/null
 }
 export -f timed install
 export root py work tiny clip speech long_speech
