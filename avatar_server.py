@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import socket
+import sys
 
 from lipsync.errors import UserError, cli_entry
 from lipsync.inference import load_models
@@ -79,6 +80,9 @@ def main(argv=None):
     import uvicorn
 
     args = parse_args(argv)
+    # the scheduler thread drives the device and lets go of the GIL in every torch call; the event loop and the
+    # JPEG threads then hold it until they block or the switch interval (5 ms by default) ends: 1 ms bounds that wait
+    sys.setswitchinterval(0.001)
     app, avatars = build(args)
     try:
         sock = socket.create_server((args.host, args.port))

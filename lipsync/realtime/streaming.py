@@ -108,7 +108,8 @@ class FeatureRequest:
 class StreamingFeatures:
     """Wav2Vec2 features of a growing signal, frame by frame, each from a window of bounded context (module doc).
     Requests are made here and encoded by whoever owns the device (FrameGenerator.features), several streams'
-    windows of one length in one call."""
+    windows of one length in one call. The features stay on the encoder's device: the frames that use them are
+    generated there, and a tick then waits for the device once (for its faces), not also for its features."""
 
     def __init__(self, encoder: AudioEncoder, left_context_s: float | None, right_context_s: float | None,
                  min_std: float):
@@ -123,7 +124,8 @@ class StreamingFeatures:
         self.moments = Moments()  # of samples [0, counted)
         self.counted = 0
         self.requested = 0  # feature frames [0, requested) requested
-        self.features = torch.zeros(0, encoder.hidden_size)  # rows [feature_offset, feature_offset + len)
+        # float32 [n, D] on the device: rows [feature_offset, feature_offset + n)
+        self.features = torch.zeros(0, encoder.hidden_size, device=encoder.device)
         self.feature_offset = 0
         self.outstanding: set[int] = set()  # `first` of requests not yet accepted
 
@@ -194,19 +196,25 @@ class StreamingFeatures:
         return out
 
     def accept(self, request: FeatureRequest, hidden: torch.Tensor) -> None:
-        """The encoder's hidden states of the request's window [n, D] -> feature frames [first, last)."""
-        rows = hidden[request.first - request.start:request.last - request.start].float().cpu()
+        """The encoder's hidden states of the request's window [n, D] (on the device) -> feature frames
+        [first, last). Rows are written once and never changed (rows() hands out views of them)."""
+        rows = hidden[request.first - request.start:request.last - request.start]
         needed = request.last - self.feature_offset
         if needed > len(self.features):
-            grown = torch.zeros(max(needed, 2 * len(self.features)), self.features.shape[1])
+            grown = self.features.new_zeros(max(needed, 2 * len(self.features)), self.features.shape[1])
             grown[:len(self.features)] = self.features
             self.features = grown
         self.features[request.first - self.feature_offset:needed] = rows
         self.outstanding.discard(request.first)
 
     def rows(self, indices: np.ndarray) -> torch.Tensor:
-        """Feature frames at absolute `indices` (any shape) -> [..., D]."""
-        return self.features[torch.from_numpy(indices - self.feature_offset)]
+        """Feature frames at absolute `indices` [n] -> [n, D] on the device: a view when the indices run on by
+        one (a window inside the stream), else a gather (a window clamped at the stream's start or end)."""
+        positions = indices - self.feature_offset
+        first = int(positions[0])
+        if np.array_equal(positions, np.arange(first, first + len(positions))):
+            return self.features[first:first + len(positions)]
+        return self.features[torch.from_numpy(positions).to(self.features.device)]
 
     def drop_features_before(self, index: int) -> None:
         if index - self.feature_offset > 500:  # ~10 s: rebase rarely
@@ -332,9 +340,8 @@ class FrameGenerator:
             for piece in batched(group, self.max_batch if graphed else 4 * self.max_batch):
                 windows = np.stack([r.window for r in piece])
                 hidden = (self._encoder_graph(len(piece))(windows) if graphed
-                          else self.models.audio_encoder.hidden_states(windows))
-                # one copy back per call, not one per request
-                for request, states in zip(piece, hidden.float().cpu()):
+                          else self.models.audio_encoder.hidden_states(windows)).float()
+                for request, states in zip(piece, hidden):  # device to device: no wait for the encoder here
                     request.owner.accept(request, states)
 
     def _encoder_graph(self, rows: int) -> GraphedHiddenStates:
@@ -347,10 +354,11 @@ class FrameGenerator:
 
     @property
     def silence(self) -> torch.Tensor:
-        """The generator window [10, D] of digital silence: the encoder's features of zeros (middle rows)."""
+        """The generator window [10, D] of digital silence (on the device): the encoder's features of zeros
+        (middle rows)."""
         if self._silence is None:
             samples = round(SILENCE_WINDOW_S * timing.AUDIO_SAMPLE_RATE)
-            hidden = self.models.audio_encoder.hidden_states(np.zeros((1, samples), np.float32))[0].float().cpu()
+            hidden = self.models.audio_encoder.hidden_states(np.zeros((1, samples), np.float32))[0].float()
             middle = (len(hidden) - timing.GENERATOR_AUDIO_FRAMES) // 2
             self._silence = hidden[middle:middle + timing.GENERATOR_AUDIO_FRAMES].clone()
         return self._silence
@@ -386,13 +394,11 @@ class FrameGenerator:
         return out
 
     def _generate(self, rows: list) -> np.ndarray:
-        """rows of (avatar, source frame, audio window [10, D]) -> faces uint8 [n, S, S, 3] (CPU)."""
+        """rows of (avatar, source frame, audio window [10, D] on the device) -> faces uint8 [n, S, S, 3] (CPU).
+        The inputs are gathered from views (slices, no index uploads): the faces' copy back is the one wait."""
         models = self.models
-        index = torch.tensor([source for _, source, _ in rows])
-        masked = torch.cat([avatar.masked[index[i:i + 1].to(avatar.masked.device)] for i, (avatar, _, _) in
-                            enumerate(rows)])
-        references = torch.cat([avatar.reference[index[i:i + 1].to(avatar.reference.device)]
-                                for i, (avatar, _, _) in enumerate(rows)])
+        masked = torch.cat([avatar.masked[source:source + 1] for avatar, source, _ in rows]).to(models.device)
+        references = torch.cat([avatar.reference[source:source + 1] for avatar, source, _ in rows]).to(models.device)
         audio = torch.stack([window for _, _, window in rows]).to(models.device)
         bucket = _bucket(len(rows), self.max_batch)
         if self.graphed:
