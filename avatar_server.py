@@ -65,7 +65,7 @@ def build(args: argparse.Namespace):
     if compile:
         print("compiling the generation step for this device (minutes on the first start of a machine; "
               "--compile off skips it)", flush=True)
-    models = load_models(args.checkpoint_path, device=str(device), compile=compile)
+    models = load_models(args.checkpoint_path, device=str(device), compile=compile, autotune=True)
     avatars = load_avatars(args.avatars, models)
     stream = StreamOptions(left_context_s=args.left_context_s, right_context_s=args.right_context_s,
                            silence_db=args.silence_db, color_match=args.color_match)

@@ -134,12 +134,13 @@ TRAIN_ROWS = (  # (log name, what)
 INFER_ROWS = (
     ("ref_infer", "reference, its defaults (fp32, batch 2)"),
     ("infer_default", "this project, default flags, no compile cache (a bare machine)"),
-    ("infer_nobench", "the same without cuDNN autotuning (LIPSYNC_CUDNN_BENCHMARK=0)"),
+    ("infer_autotune", "the same with cuDNN autotuning (LIPSYNC_CUDNN_BENCHMARK=1)"),
     ("infer_compile_cold", "this project, --compile, empty compile cache (the first run on a machine)"),
     ("infer_auto_warm", "this project, default flags after that run (--compile auto, cache on disk)"),
 )
 STEADY_ROWS = (
     ("steady_768", "768 px, --compile (cache on disk), --ref_frame 0"),
+    ("steady_768_autotune", "the same with cuDNN autotuning (LIPSYNC_CUDNN_BENCHMARK=1)"),
     ("steady_256_eager", "256 px, --compile off (CUDA graph of eager kernels), --ref_frame 0"),
     ("steady_256", "256 px, --compile, --ref_frame 0"),
 )

@@ -29,7 +29,7 @@ long_speech=.clips/audio/musetalk_eng.wav        # 60 s: 1,500 frames
 
 all="install prep ref_train_2 train_b2_fast train_b2_stock train_b2_graphs ref_infer infer_default \
 infer_compile_cold infer_auto_warm ref_train_16 train_b16_fast train_b16_stock steady_768 steady_256_eager \
-steady_256 infer_nobench train_b2_compile train_b2_graphs_single train_b16_graphs eval_speed realtime_256 realtime_512 \
+steady_256 infer_autotune steady_768_autotune train_b2_compile train_b2_graphs_single train_b16_graphs eval_speed realtime_256 realtime_512 \
 realtime_256_compile realtime_512_compile stream_encoder"
 if [ "$tiny" = 1 ]; then
   all="prep train_b2_fast train_b2_stock infer_default"; cap_scale=5   # a slow shared CPU
@@ -130,16 +130,16 @@ steady() {
   # shellcheck disable=SC2086
   timed --checkpoint_path "$ckpt" --face "$clip" --audio "$long_speech" --box $BOX --ref_frame 0 "$@"
 }
-nobench() { export LIPSYNC_CUDNN_BENCHMARK=0; "$@"; }   # cuDNN's autotuning off (lipsync/inference/models.py)
-export -f infer steady nobench
+autotune() { export LIPSYNC_CUDNN_BENCHMARK=1; "$@"; }   # cuDNN's autotuning on (lipsync/inference/models.py)
+export -f infer steady autotune
 
 # absolute paths: the reference runs from its own folder
 piece ref_infer 100 170 bash .refbench/run_reference.sh infer "$(realpath "$clip")" "$(realpath "$speech")" "$BOX"
 piece infer_default 50 120 infer --outfile "$work/default.mp4"
 # the warm run needs the cold one's cache, on this machine: the cold one starts only if both fit
-piece infer_compile_cold 145 220 infer --outfile "$work/compile_cold.mp4" --compile
+piece infer_compile_cold 100 220 infer --outfile "$work/compile_cold.mp4" --compile
 if [ -d "$LIPSYNC_CACHE_DIR/compiled" ]; then
-  piece infer_auto_warm 35 100 infer --outfile "$work/auto_warm.mp4"
+  piece infer_auto_warm 50 100 infer --outfile "$work/auto_warm.mp4"
 else case " $pieces " in *" infer_auto_warm "*)
   echo "[$(elapsed)s] infer_auto_warm: skipped (no compiled run before it)"; skipped="$skipped infer_auto_warm" ;;
 esac; fi
@@ -152,7 +152,8 @@ warm=150; [ -d "$LIPSYNC_CACHE_DIR/compiled" ] && warm=60   # compiles first unl
 piece steady_768 $warm 220 steady "$ckpt_big" --compile --outfile "$work/steady_768.mp4"
 piece steady_256_eager 25 80 steady "$ckpt_small" --compile off --outfile "$work/steady_256_eager.mp4"
 piece steady_256 90 180 steady "$ckpt_small" --compile --outfile "$work/steady_256.mp4"
-piece infer_nobench 50 120 nobench infer --outfile "$work/nobench.mp4" --compile off
+piece infer_autotune 50 120 autotune infer --outfile "$work/autotune.mp4" --compile off
+piece steady_768_autotune $warm 220 autotune steady "$ckpt_big" --compile --outfile "$work/steady_768_autotune.mp4"
 
 piece train_b2_compile 120 240 train 2 --compile
 piece train_b2_graphs_single 130 240 train 2 --strategy auto --compile reduce-overhead
@@ -176,7 +177,7 @@ piece eval_speed 120 240 evaluation
 piece stream_encoder 40 90 "$py" bench/bench_stream_encoder.py --work "$work/stream_encoder" --profile
 piece realtime_256 90 200 realtime 256 --compile off
 piece realtime_512 90 200 realtime 512 --compile off
-piece realtime_256_compile 150 300 realtime 256 --compile on
+piece realtime_256_compile 190 300 realtime 256 --compile on
 piece realtime_512_compile 200 300 realtime 512 --compile on --streams 1 2 3 4
 
 echo

@@ -103,7 +103,7 @@ class AudioEncoder:
         on the encoder's device, in one pass (the windows of several streams batched together)."""
         signal = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32))
         # lengths vary (a clip's last chunk; a stream's windows while its context fills, batches of 1..N streams):
-        # cuDNN's autotuning (cudnn.benchmark, on for the fixed-size face crops) would time the convolutions
+        # cuDNN's autotuning (cudnn.benchmark, on in the servers: load_models' autotune) would time the convolutions
         # again for every new shape, a stall of a tenth of a second each time
         with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, benchmark=False,
                                         deterministic=torch.backends.cudnn.deterministic,
@@ -140,7 +140,7 @@ class GraphedHiddenStates:
     hold stale windows that are computed and ignored (rows are independent)."""
 
     def __init__(self, encoder: AudioEncoder, batch_size: int, length: int):
-        # cuDNN autotunes this one fixed shape once here, if cudnn.benchmark is on (load_models sets it on CUDA)
+        # cuDNN autotunes this one fixed shape once here, if cudnn.benchmark is on (load_models' autotune)
         with torch.inference_mode():
             self.windows = torch.zeros(batch_size, length, dtype=encoder.dtype, device=encoder.device)
             self.graph, self.hidden = record(encoder.device, "the speech encoder",

@@ -52,12 +52,14 @@ def _read_unet_config(folder) -> dict:
 
 
 def load_models(checkpoint_path, unet_config=None, audio_encoder: str | None = None, codec: str | None = None,
-                image_size: int | None = None, device: str = "auto", compile: bool = False) -> LipSyncModels:
+                image_size: int | None = None, device: str = "auto", compile: bool = False,
+                autotune: bool = False) -> LipSyncModels:
     """UNet from any checkpoint kind; codec, audio encoder and crop size from its model card (arguments given
-    here override it). CUDA: codec + UNet in bf16 (fp16 where bf16 is missing), SDPA attention, cuDNN autotuning
-    (LIPSYNC_CUDNN_BENCHMARK=0 turns it off: it times every convolution shape once, at the first batch);
-    NCHW, not channels_last: both nets are GroupNorm-heavy and ran slower channels_last (BENCHMARKS.md);
-    compile: `compile_models`. CPU: fp32. The audio encoder stays fp32: it runs once per clip."""
+    here override it). CUDA: codec + UNet in bf16 (fp16 where bf16 is missing), SDPA attention; NCHW, not
+    channels_last: both nets are GroupNorm-heavy and ran slower channels_last (BENCHMARKS.md); compile:
+    `compile_models`. autotune: cuDNN times every convolution shape at its first call (cudnn.benchmark): for a
+    server that starts once, not for a clip, whose first batch it delayed by seconds for no faster frames
+    (BENCHMARKS.md); LIPSYNC_CUDNN_BENCHMARK=1 / 0 overrides it. CPU: fp32. The audio encoder stays fp32."""
     device = resolve_device(device)
     loaded = load_generator(checkpoint_path, _read_unet_config(unet_config) if unet_config else None)
     card = loaded.card
@@ -73,8 +75,8 @@ def load_models(checkpoint_path, unet_config=None, audio_encoder: str | None = N
     # nn.Module.to: diffusers' own to() warns about keeping its (empty) list of fp32 modules when given a dtype
     unet = torch.nn.Module.to(loaded.unet, device, dtype).eval().requires_grad_(False)
     if device.type == "cuda":
-        # crops have one fixed size: kernels autotuned at the first batch pay off over a clip
-        torch.backends.cudnn.benchmark = os.environ.get("LIPSYNC_CUDNN_BENCHMARK", "1") != "0"
+        override = os.environ.get("LIPSYNC_CUDNN_BENCHMARK")
+        torch.backends.cudnn.benchmark = autotune if override is None else override != "0"
         unet.set_attn_processor(AttnProcessor2_0())  # torch SDPA (flash / memory-efficient kernels)
         latent_codec.vae.set_attn_processor(AttnProcessor2_0())
     models = LipSyncModels(unet, latent_codec, speech_encoder, int(size), device)
