@@ -2,8 +2,8 @@
 connection's frames generated in shared batches on one device (lipsync.realtime.server has the protocol).
 
     python avatar_server.py --checkpoint_path CKPT [--avatars avatars] [--host 127.0.0.1] [--port 8000] \
-        [--device auto] [--max_batch 16] [--left_context_s 1.0] [--right_context_s 0.1] [--silence_db -50] \
-        [--jpeg_quality 85] [--max_queued_frames 50] [--compile {auto,on,off}] [--no_cuda_graph]
+        [--device auto] [--max_batch 16] [--batch_wait_s 0.04] [--left_context_s 1.0] [--right_context_s 0.1] \
+        [--silence_db -50] [--jpeg_quality 85] [--max_queued_frames 50] [--compile {auto,on,off}] [--no_cuda_graph]
 
 Then open http://HOST:PORT/ (microphone or a file), or stream from code: ws://HOST:PORT/stream?avatar=NAME.
 Prepare avatars first: python prepare_avatar.py --checkpoint_path CKPT --face VIDEO --name NAME
@@ -42,6 +42,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="launch each kernel from Python instead of replaying recorded CUDA graphs")
     p.add_argument("--max_batch", type=int, default=DEFAULTS.max_batch,
                    help="frames of all connections generated in one call (at most)")
+    p.add_argument("--batch_wait_s", type=float, default=DEFAULTS.batch_wait_s,
+                   help="seconds one connection's ready speech may wait for the others' (fuller batches; 0: none)")
     p.add_argument("--left_context_s", type=seconds_or_none, default=STREAM.left_context_s,
                    help="audio before each step that the speech encoder sees (none: all of it)")
     p.add_argument("--right_context_s", type=seconds_or_none, default=STREAM.right_context_s,
@@ -58,8 +60,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def build(args: argparse.Namespace):
     """The app for these options (models and avatars loaded)."""
-    if args.max_batch < 1 or not 1 <= args.jpeg_quality <= 100 or args.max_queued_frames < 1:
-        raise UserError("--max_batch and --max_queued_frames must be >= 1, --jpeg_quality in 1..100")
+    if args.max_batch < 1 or not 1 <= args.jpeg_quality <= 100 or args.max_queued_frames < 1 \
+            or not 0 <= args.batch_wait_s <= 1:
+        raise UserError("--max_batch and --max_queued_frames must be >= 1, --jpeg_quality in 1..100, "
+                        "--batch_wait_s in 0..1")
     device = resolve_device(args.device)
     compile = args.compile == "on" or (args.compile == "auto" and device.type == "cuda")
     if compile:
@@ -69,9 +73,9 @@ def build(args: argparse.Namespace):
     avatars = load_avatars(args.avatars, models)
     stream = StreamOptions(left_context_s=args.left_context_s, right_context_s=args.right_context_s,
                            silence_db=args.silence_db, color_match=args.color_match)
-    options = ServerOptions(stream=stream, max_batch=args.max_batch, cuda_graph=args.cuda_graph,
-                            jpeg_quality=args.jpeg_quality, max_queued_frames=args.max_queued_frames,
-                            max_connections=args.max_connections)
+    options = ServerOptions(stream=stream, max_batch=args.max_batch, batch_wait_s=args.batch_wait_s,
+                            cuda_graph=args.cuda_graph, jpeg_quality=args.jpeg_quality,
+                            max_queued_frames=args.max_queued_frames, max_connections=args.max_connections)
     return create_app(models, avatars, options), avatars
 
 

@@ -3,6 +3,7 @@ package), a tiny generator on the CPU. Streams against Avatar.stream's frames, s
 client that drops or stops reading, and bad chunks that end only their own connection."""
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import socket
@@ -19,8 +20,8 @@ from websockets.sync.client import connect
 
 from lipsync.inference import load_models
 from lipsync.realtime.avatar import Avatar, prepare_avatar
-from lipsync.realtime.server import ServerOptions, create_app, load_avatars
-from lipsync.realtime.streaming import StreamOptions
+from lipsync.realtime.server import Connection, Scheduler, ServerOptions, create_app, load_avatars
+from lipsync.realtime.streaming import FrameGenerator, StreamOptions
 
 import media
 from tiny_generator import write_tiny_generator
@@ -170,6 +171,38 @@ def test_connections_share_batches_and_a_dropped_or_stalled_client_stalls_no_oth
             received += isinstance(message, bytes)
     assert received < 200
     stalled_ws.close()
+
+
+def test_ready_speech_waits_for_the_other_connections_up_to_batch_wait(models, avatars_dir, pcm):
+    """The scheduler's rounds driven by hand: a connection's ready speech waits while another one that is still
+    sending has none ready; both then go in one step; a connection that went quiet, or batch_wait_s, ends a wait."""
+    avatar = load_avatars(avatars_dir, models)["grid"]
+    options = ServerOptions(stream=StreamOptions(silence_db=None), max_batch=8, batch_wait_s=0.3)
+    scheduler = Scheduler(FrameGenerator(models, max_batch=8), options)
+    loop = asyncio.new_event_loop()
+    try:
+        a, b = Connection(avatar, options.stream, loop), Connection(avatar, options.stream, loop)
+        scheduler.add(a)
+        scheduler.add(b)
+        a.inbox.append(pcm[:8000])  # 0.5 s: several windows ready
+        b.inbox.append(pcm[:320])  # 20 ms: sending, nothing ready (a window needs 145 ms)
+        assert 0 < scheduler._tick() <= 0.3 + 1e-6
+        assert scheduler.stats["encoder_windows"] == 0 and a.stream.next_frame == 0
+        b.inbox.append(pcm[320:4000])
+        assert scheduler._tick() == 0  # both ready: one step for both
+        assert scheduler.stats["batches"] == 1 and a.stream.next_frame > 0 and b.stream.next_frame > 0
+        while scheduler._tick() == 0:  # the rest of what has arrived
+            pass
+        a.inbox.append(pcm[8000:9600])
+        assert scheduler._tick() > 0  # b sent within batch_wait_s: a's new window waits for it
+        time.sleep(0.31)
+        before = a.stream.next_frame
+        assert scheduler._tick() == 0 and a.stream.next_frame > before  # waited batch_wait_s: a goes alone
+        b.heard_at -= 10  # b went quiet
+        a.inbox.append(pcm[9600:11200])
+        assert scheduler._tick() == 0  # nobody to wait for
+    finally:
+        loop.close()
 
 
 def _get(server, path) -> str:

@@ -13,9 +13,12 @@ Protocol, `WS /stream?avatar=NAME[&format=s16le|f32le][&rate=16000]`:
 
 Flow: the connection's receiver validates each chunk (pcm_samples) and hands it to the scheduler; it stops reading
 while the connection has more than `max_backlog_s` of audio without frames (a client sending faster than real
-time is held back by TCP). The scheduler loop: drain every connection's chunks, encode their due feature
-windows (one Wav2Vec2 call per window length), take up to `max_batch` due frames round-robin over connections,
-generate them in one batch (FrameGenerator), and queue (frame index, face) on each connection. A sender per
+time is held back by TCP). The scheduler loop: drain every connection's chunks; once some connection's speech
+is ready, wait (at most `batch_wait_s`) until every connection that is still sending has some ready too, so that
+one device step serves all of them (de-phased streams would otherwise get a small step each, and small steps
+cost nearly as much as full ones); encode their due feature windows (one Wav2Vec2 call per window length), take
+up to `max_batch` due frames round-robin over connections, generate them in one batch (FrameGenerator), and
+queue (frame index, face) on each connection. A sender per
 connection pastes and JPEG-encodes its frames in a thread pool (OpenCV releases the GIL) and sends them in order.
 A connection with more than `max_queued_frames` unsent frames (a client that stopped reading) is closed; a closed
 or dropped one is forgotten at the next tick. Neither holds up the scheduler.
@@ -27,6 +30,7 @@ import collections
 import contextlib
 import json
 import logging
+import math
 import os
 import struct
 import threading
@@ -55,6 +59,8 @@ FORMATS = {"s16le": np.dtype("<i2"), "f32le": np.dtype("<f4")}
 CONTAINER_MAGIC = {b"RIFF": "a WAV (RIFF) file", b"ID3": "an MP3 file", b"OggS": "an Ogg file",
                    b"fLaC": "a FLAC file"}
 log = logging.getLogger("lipsync.realtime")
+IDLE_WAIT_S = 0.1  # the scheduler's pause when no connection has anything to do (a chunk wakes it sooner)
+SENDING_WINDOW_S = 0.1  # a connection with no chunk for longer than this (+ batch_wait_s) is not waited for
 
 
 @dataclass
@@ -62,6 +68,9 @@ class ServerOptions:
     """Every option of the server (avatar_server.py's flags)."""
     stream: StreamOptions = field(default_factory=StreamOptions)
     max_batch: int = 16  # rows of one generation call (frames of all connections together)
+    # how long a connection's ready speech may wait for the other connections' (one device step for all of them
+    # instead of one each: fewer, fuller batches; module doc); 0: step as soon as anything is ready
+    batch_wait_s: float = 0.04
     cuda_graph: bool = True  # CUDA: replay UNet + decode as recorded graphs (one per power-of-two batch)
     jpeg_quality: int = 85
     max_queued_frames: int = 50  # unsent frames of a connection before it is closed as too slow (2 s at 25 fps)
@@ -80,6 +89,8 @@ class Connection:
         self.inbox: collections.deque = collections.deque()  # float32 chunks, then None (the end)
         self.queue: asyncio.Queue = asyncio.Queue()  # (index, timestamp, source, face), then "end"
         self.received = 0  # samples received (the loop's side)
+        self.heard_at = -math.inf  # perf_counter() of the scheduler's last chunk of this connection
+        self.ready_since: float | None = None  # when its speech first waited for the device step
         self.closed = threading.Event()  # set by either side: the scheduler forgets the connection
         self.failure: str | None = None  # why the scheduler closed it (too slow, server error)
         self.failed = asyncio.Event()
@@ -137,21 +148,23 @@ class Scheduler:
         with torch.inference_mode():
             while not self._stop.is_set():
                 try:
-                    busy = self._tick()
+                    pause = self._tick()
                 except Exception as err:  # the device step failed: every connection of that tick is told
                     log.exception("scheduler tick failed")
                     for connection in list(self.connections):
                         self._drop(connection, f"server error: {str(err).splitlines()[0] if str(err) else err!r}")
-                    busy = False
-                if not busy:
-                    self.wake.wait(0.1)
+                    pause = IDLE_WAIT_S
+                if pause > 0:  # until then, or until a chunk comes
+                    self.wake.wait(pause)
                     self.wake.clear()
 
-    def _tick(self) -> bool:
-        """One round: chunks in, feature windows, one batch of frames out. -> whether there was work."""
+    def _tick(self) -> float:
+        """One round: chunks in; then, if it is time (`_pause`), feature windows and one batch of frames out.
+        -> seconds to pause before the next round (0: at once)."""
         with self._lock:
             connections = list(self.connections)
         live = []
+        now = time.perf_counter()
         for connection in connections:
             if connection.closed.is_set():
                 self._drop(connection)
@@ -159,6 +172,7 @@ class Scheduler:
             try:
                 while connection.inbox:
                     chunk = connection.inbox.popleft()
+                    connection.heard_at = now
                     if chunk is None:
                         connection.stream.end()
                     else:
@@ -167,6 +181,11 @@ class Scheduler:
                 self._drop(connection, str(err))
                 continue
             live.append(connection)
+        pause = self._pause(live, now)
+        if pause is not None:
+            return pause
+        for connection in live:
+            connection.ready_since = None
         requests = [r for c in live for r in c.stream.feature_requests(limit=self.options.max_batch)]
         started = time.perf_counter()
         self.generator.features(requests)
@@ -203,7 +222,25 @@ class Scheduler:
             if connection.stream.finished and not connection.closed.is_set():
                 connection.put("end")
                 self._drop(connection)
-        return bool(jobs or requests)
+        return 0.0 if jobs or requests else IDLE_WAIT_S
+
+    def _pause(self, live: list[Connection], now: float) -> float | None:
+        """None: step now. Else seconds to wait for more connections' speech: while some connection's speech is
+        ready, none has waited `batch_wait_s`, no frame is overdue, and another connection that is still sending
+        (a chunk within the last `batch_wait_s` plus a chunk's time) has nothing ready yet."""
+        ready = [c for c in live if c.stream.window_ready() or c.stream.frame_due()]
+        if not ready:
+            return IDLE_WAIT_S
+        for connection in ready:
+            if connection.ready_since is None:
+                connection.ready_since = now
+        deadline = min(c.ready_since for c in ready) + self.options.batch_wait_s
+        if now >= deadline or any(c.stream.frame_due() for c in live):
+            return None
+        recent = now - self.options.batch_wait_s - SENDING_WINDOW_S
+        if all(c in ready or c.stream.features.ended or c.heard_at < recent for c in live):
+            return None
+        return deadline - now
 
 
 def decode_chunk(data: bytes, sample_format: str) -> np.ndarray:

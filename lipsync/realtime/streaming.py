@@ -162,24 +162,26 @@ class StreamingFeatures:
             self.audio = self.audio[keep_from - self.offset:]
             self.offset = keep_from
 
+    def window_ready(self) -> bool:
+        """Has the audio of the next window (with its right context) arrived?"""
+        total = self.total
+        if total is not None:
+            return self.requested < total
+        return self.right is not None and self.received >= timing.num_samples_for_features(
+            self.requested + STEP_FEATURES + self.right)
+
     def requests(self, limit: int) -> list[FeatureRequest]:
         """Up to `limit` new windows whose audio (with its right context) has arrived."""
         out = []
-        while len(out) < limit:
+        while len(out) < limit and self.window_ready():
             first = self.requested
             total = self.total
             if total is not None:  # the end: the rest, its right context cut by the end of the stream
-                if first >= total:
-                    break
                 last = total if self.right is None else min(first + STEP_FEATURES, total)
                 end = total if self.right is None else min(last + self.right, total)
             else:
-                if self.right is None:
-                    break
                 last = first + STEP_FEATURES
                 end = last + self.right
-                if self.received < timing.num_samples_for_features(end):
-                    break
             start = 0 if self.left is None else max(0, first - self.left)
             stop = timing.num_samples_for_features(end)
             # statistics of the audio up to the window's end (all of it once the window reaches the last frame,
@@ -272,20 +274,24 @@ class AvatarStream:
     def feature_requests(self, limit: int) -> list[FeatureRequest]:
         return self.features.requests(limit)
 
+    def window_ready(self) -> bool:
+        """Is a speech window waiting for the encoder?"""
+        return self.features.window_ready()
+
+    def frame_due(self) -> bool:
+        """Is the next frame's generator window computed?"""
+        features = self.features
+        if features.ended:
+            return self.next_frame < self.num_frames and features.available >= features.total
+        return features.available >= timing.generator_window_end(self.next_frame, self.fps)
+
     def due_jobs(self, limit: int) -> list[FrameJob]:
         """Up to `limit` next frames whose generator windows are computed, in order."""
         jobs = []
         features = self.features
-        while len(jobs) < limit:
+        while len(jobs) < limit and self.frame_due():
             k = self.next_frame
-            if features.ended:
-                if k >= self.num_frames or features.available < features.total:
-                    break
-                known = features.total
-            else:
-                known = features.available
-                if known < timing.generator_window_end(k, self.fps):
-                    break
+            known = features.total if features.ended else features.available
             source = self.avatar.source_frame(k)
             audio = None
             if known > 0:
