@@ -150,18 +150,25 @@ def time_inference(generator: Path, videos: dict[str, Path], device: str) -> flo
     return (time.perf_counter() - start) / len(videos)
 
 
-def time_metrics(metrics: tuple[str, ...], options: runner.EvalOptions, videos: dict[str, Path]) -> float:
+def time_metrics(metrics: tuple[str, ...], options: runner.EvalOptions, videos: dict[str, Path],
+                 stages: dict | None = None) -> float:
     """Seconds per video of these metrics in one pass, as evaluate.py scores a video (models loaded once, one
-    warm-up video, no cache)."""
+    warm-up video, no cache). stages: filled with the seconds per video of each stage (decode, detect, a metric;
+    the device synchronised at stage boundaries)."""
+    from lipsync.stopwatch import Stopwatch
+
     options = runner.EvalOptions(**{**options.__dict__, "metrics": metrics, "cache": False})
     scorers = runner.Scorers.load(options, references=True)
     first = next(iter(videos.values()))
     runner.score_video(scorers, first, first, None)
     _sync(scorers.device)
+    scorers.stopwatch = Stopwatch(sync=lambda: _sync(scorers.device))
     start = time.perf_counter()
     for path in videos.values():
         runner.score_video(scorers, path, path, None)  # reconstruction: the clip against itself
     _sync(scorers.device)
+    if stages is not None:
+        stages.update({name: seconds / len(videos) for name, seconds in scorers.stopwatch.seconds.items()})
     return (time.perf_counter() - start) / len(videos)
 
 
@@ -192,8 +199,10 @@ def main(argv=None) -> dict:
     for metric in args.metrics:
         results[metric] = time_metrics((metric,), options, videos)
         print(f"{metric}: {results[metric]:.2f} s per video", flush=True)
-    results["all, one pass"] = time_metrics(tuple(args.metrics), options, videos)
-    print(f"all, one pass: {results['all, one pass']:.2f} s per video", flush=True)
+    stages: dict[str, float] = {}
+    results["all, one pass"] = time_metrics(tuple(args.metrics), options, videos, stages)
+    print(f"all, one pass: {results['all, one pass']:.2f} s per video; its stages, s per video: "
+          + ", ".join(f"{name} {seconds:.2f}" for name, seconds in stages.items()), flush=True)
     print(f"\n{args.videos} videos, {args.size} px, {frames} frames each, {device}"
           f"{'' if args.weights_dir else ', random weights'}{', tiny models' if args.tiny else ''}")
     print("(each metric timed alone, decoding and face detection included; 'all, one pass': every metric as "

@@ -50,7 +50,9 @@ def load_expert(checkpoint, device="cpu", codec: str | None = None, audio_encode
         if key not in card and not (key == "codec" and codec) and not (key == "audio_encoder" and audio_encoder):
             raise UserError(f"{checkpoint}: its model card does not name the {key.replace('_', ' ')}")
     device = torch.device(device)
-    return Expert(loaded.syncnet.to(device).eval(), LatentCodec.from_pretrained(codec or card["codec"], device),
+    # the codec in the dtype video_preprocess.py encoded the expert's training latents with
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    return Expert(loaded.syncnet.to(device).eval(), LatentCodec.from_pretrained(codec or card["codec"], device, dtype),
                   AudioEncoder(audio_encoder or card["audio_encoder"], device), int(card["image_size"]), card, device)
 
 

@@ -19,7 +19,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from lipsync import timing
 from lipsync.audio import load_audio
 from lipsync.errors import UserError
 from lipsync.files import atomic_path
+from lipsync.stopwatch import Stopwatch
 from lipsync.video_io import iter_frames
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".mpg", ".mpeg", ".webm")
@@ -172,6 +174,8 @@ class Scorers:
     arcface: object = None
     face_detector: object = None  # lipsync.faces.FaceDetector: crops for SSIM / PSNR / FID, landmarks for CSIM
     track_options: object = None
+    # seconds per stage over every video scored: decode, detect, and each metric (bench/bench_evaluate.py prints it)
+    stopwatch: Stopwatch = field(default_factory=Stopwatch)
 
     @classmethod
     def load(cls, options: EvalOptions, references: bool) -> Scorers:
@@ -270,55 +274,16 @@ def score_video(scorers: Scorers, generated: Path, reference: Path | None, cache
         if entry.get("source") == source:
             return entry["row"]
     metrics = set(options.metrics)
-    frames = _frames(generated)
-    audio = load_audio(generated)  # the driving speech: the output's own audio track
-    row: dict = {"frames": len(frames)}
-    detected = {}  # one detector pass per video, shared by every metric: (raw boxes [N, 4], landmarks [N, 5, 2])
-
-    def detections(which: str, video: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        from lipsync.faces import detect_video
-
-        if which not in detected:
-            detected[which] = detect_video(video, scorers.face_detector)
-        return detected[which]
-
-    if "lse" in metrics:
-        shared = scorers.track_detector.name == "retinaface"  # the evaluator's detector: its pass serves LSE too
-        row.update(_lse(scorers, frames, audio, detections("generated", frames)[0] if shared else None))
-    if "expert" in metrics:
-        from lipsync.evaluation.expert import expert_sync_scores
-
-        scores = expert_sync_scores(scorers.expert, frames, audio, pads=options.expert_pads,
-                                    raw_boxes=detections("generated", frames)[0])
-        row.update({"expert_d": scores.distance, "expert_c": scores.confidence, "expert_offset": scores.offset})
-    features = {}
-    if reference is not None and metrics & {"fid", "quality", "csim"}:
-        ref_frames = _frames(reference)
-        if metrics & {"quality", "fid"}:  # CSIM aligns faces by their landmarks instead
-            ref_crops, ref_boxes = _face_crops(ref_frames, raw_boxes=detections("reference", ref_frames)[0])
-        if "quality" in metrics:
-            from lipsync.evaluation.quality import ssim_psnr
-
-            n = min(len(frames), len(ref_frames))
-            gen_crops, _ = _face_crops(frames[:n], ref_boxes[:n])  # the reference's boxes
-            row.update(ssim_psnr(gen_crops, ref_crops[:n], device=scorers.device))
-            row["compared_frames"] = n
-        if "csim" in metrics:
-            from lipsync.evaluation.identity import csim, face_embeddings
-
-            row["csim"] = csim(
-                face_embeddings(scorers.arcface, None, frames, landmarks=detections("generated", frames)[1]),
-                face_embeddings(scorers.arcface, None, ref_frames, landmarks=detections("reference", ref_frames)[1]))
-        if "fid" in metrics:
-            from lipsync.evaluation.fid import inception_features
-
-            k = max(1, options.fid_stride)
-            # its own boxes, found and smoothed as the reference's
-            own_crops, _ = _face_crops(frames, raw_boxes=detections("generated", frames)[0])
-            features = {"gen_face": inception_features(scorers.inception, own_crops[::k]),
-                        "gen_frame": inception_features(scorers.inception, frames[::k]),
-                        "ref_face": inception_features(scorers.inception, ref_crops[::k]),
-                        "ref_frame": inception_features(scorers.inception, ref_frames[::k])}
+    watch = scorers.stopwatch
+    compared = reference is not None and metrics & {"fid", "quality", "csim"}
+    with ThreadPoolExecutor(1) as pool:
+        # the reference decodes on a thread (PyAV and OpenCV let go of the GIL) while the sync metrics run
+        ref_decoding = pool.submit(_frames, reference) if compared else None
+        with watch.stage("decode"):
+            frames = _frames(generated)
+            audio = load_audio(generated)  # the driving speech: the output's own audio track
+        row = _score_frames(scorers, frames, audio, ref_decoding)
+        features = row.pop("_features", {})
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
         if features:
@@ -329,6 +294,69 @@ def score_video(scorers: Scorers, generated: Path, reference: Path | None, cache
             tmp.write_text(json.dumps({"source": source, "row": row}, indent=1))
     elif features:
         row["_features"] = features
+    return row
+
+
+def _score_frames(scorers: Scorers, frames: np.ndarray, audio: np.ndarray, ref_decoding: Future | None) -> dict:
+    """score_video's row from the decoded generated video, its audio and the reference's decoding (None: no
+    comparison metrics); FID features under "_features"."""
+    options, watch = scorers.options, scorers.stopwatch
+    metrics = set(options.metrics)
+    row: dict = {"frames": len(frames)}
+    detected = {}  # one detector pass per video, shared by every metric: (raw boxes [N, 4], landmarks [N, 5, 2])
+
+    def detections(which: str, video: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from lipsync.faces import detect_video
+
+        if which not in detected:
+            with watch.stage("detect", len(video)):
+                detected[which] = detect_video(video, scorers.face_detector)
+        return detected[which]
+
+    if "lse" in metrics:
+        with watch.stage("lse"):
+            shared = scorers.track_detector.name == "retinaface"  # the evaluator's detector: its pass serves LSE
+            row.update(_lse(scorers, frames, audio, detections("generated", frames)[0] if shared else None))
+    if "expert" in metrics:
+        from lipsync.evaluation.expert import expert_sync_scores
+
+        with watch.stage("expert"):
+            scores = expert_sync_scores(scorers.expert, frames, audio, pads=options.expert_pads,
+                                        raw_boxes=detections("generated", frames)[0])
+        row.update({"expert_d": scores.distance, "expert_c": scores.confidence, "expert_offset": scores.offset})
+    if ref_decoding is not None:
+        with watch.stage("decode"):
+            ref_frames = ref_decoding.result()
+        if metrics & {"quality", "fid"}:  # CSIM aligns faces by their landmarks instead
+            with watch.stage("reference crops"):
+                ref_crops, ref_boxes = _face_crops(ref_frames, raw_boxes=detections("reference", ref_frames)[0])
+        if "quality" in metrics:
+            from lipsync.evaluation.quality import ssim_psnr
+
+            with watch.stage("quality"):
+                n = min(len(frames), len(ref_frames))
+                gen_crops, _ = _face_crops(frames[:n], ref_boxes[:n])  # the reference's boxes
+                row.update(ssim_psnr(gen_crops, ref_crops[:n], device=scorers.device))
+            row["compared_frames"] = n
+        if "csim" in metrics:
+            from lipsync.evaluation.identity import csim, face_embeddings
+
+            with watch.stage("csim"):
+                row["csim"] = csim(
+                    face_embeddings(scorers.arcface, None, frames, landmarks=detections("generated", frames)[1]),
+                    face_embeddings(scorers.arcface, None, ref_frames,
+                                    landmarks=detections("reference", ref_frames)[1]))
+        if "fid" in metrics:
+            from lipsync.evaluation.fid import inception_features
+
+            with watch.stage("fid"):
+                k = max(1, options.fid_stride)
+                # its own boxes, found and smoothed as the reference's
+                own_crops, _ = _face_crops(frames, raw_boxes=detections("generated", frames)[0])
+                row["_features"] = {"gen_face": inception_features(scorers.inception, own_crops[::k]),
+                                    "gen_frame": inception_features(scorers.inception, frames[::k]),
+                                    "ref_face": inception_features(scorers.inception, ref_crops[::k]),
+                                    "ref_frame": inception_features(scorers.inception, ref_frames[::k])}
     return row
 
 
