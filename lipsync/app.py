@@ -286,7 +286,7 @@ def serve(checkpoint_path, files_dir, host: str = "127.0.0.1", port: int = 7860,
         logging.getLogger(name).setLevel(logging.WARNING)
     start = time.perf_counter()
     _check_port(host, port)  # before the models load: a busy port fails in a second, not after them
-    models = load_models(checkpoint_path, device=device, compile=compile, autotune=True)
+    models = load_models(checkpoint_path, device=device, compile=compile)
     log.info("models loaded in %s: %d px crops on %s (%s)", _seconds(start), models.image_size, models.device,
              str(models.dtype).replace("torch.", ""))
     service = LipSyncService(models, files_dir, max_seconds, keep_minutes, batch_size)
