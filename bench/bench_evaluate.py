@@ -183,6 +183,7 @@ def main(argv=None) -> dict:
     p.add_argument("--fid_stride", type=int, default=1, help="FID features of every k-th frame (evaluate.py's)")
     p.add_argument("--tiny", action="store_true", help="tiny models and ArcFace: the CPU smoke run")
     p.add_argument("--device", default="auto")
+    p.add_argument("--one_pass_only", action="store_true", help="skip the timings of each metric alone")
     args = p.parse_args(argv)
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     work = Path(args.work)
@@ -196,7 +197,7 @@ def main(argv=None) -> dict:
     frames = int(round(args.seconds * timing.VIDEO_FPS))
     results = {"inference": time_inference(generator, videos, device)}
     print(f"inference: {results['inference']:.2f} s per video", flush=True)
-    for metric in args.metrics:
+    for metric in [] if args.one_pass_only else args.metrics:
         results[metric] = time_metrics((metric,), options, videos)
         print(f"{metric}: {results[metric]:.2f} s per video", flush=True)
     stages: dict[str, float] = {}
