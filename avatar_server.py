@@ -2,7 +2,7 @@
 connection's frames generated in shared batches on one device (lipsync.realtime.server has the protocol).
 
     python avatar_server.py --checkpoint_path CKPT [--avatars avatars] [--host 127.0.0.1] [--port 8000] \
-        [--device auto] [--max_batch 16] [--batch_wait_s 0.04] [--left_context_s 1.0] [--right_context_s 0.1] \
+        [--device auto] [--max_batch 16] [--batch_wait_s 0] [--left_context_s 1.0] [--right_context_s 0.1] \
         [--silence_db -50] [--jpeg_quality 85] [--max_queued_frames 50] [--compile {auto,on,off}] [--no_cuda_graph]
 
 Then open http://HOST:PORT/ (microphone or a file), or stream from code: ws://HOST:PORT/stream?avatar=NAME.
@@ -43,7 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max_batch", type=int, default=DEFAULTS.max_batch,
                    help="frames of all connections generated in one call (at most)")
     p.add_argument("--batch_wait_s", type=float, default=DEFAULTS.batch_wait_s,
-                   help="seconds one connection's ready speech may wait for the others' (fuller batches; 0: none)")
+                   help="seconds one connection's ready speech may wait for the others' (fuller batches), e.g. 0.04")
     p.add_argument("--left_context_s", type=seconds_or_none, default=STREAM.left_context_s,
                    help="audio before each step that the speech encoder sees (none: all of it)")
     p.add_argument("--right_context_s", type=seconds_or_none, default=STREAM.right_context_s,

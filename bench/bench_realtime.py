@@ -4,7 +4,7 @@ and frames.
     # streams: the server (avatar_server.py, a child process) on this machine's device, N clients sending a wav in
     # real time in CHUNK ms chunks; per stream: first-frame latency, delay from audio to frame, sustained fps
     python bench/bench_realtime.py --clip FACE.mp4 --audio SPEECH.wav --work /tmp/bench_rt \
-        [--sizes 256 512] [--streams 1 2 4 8 16] [--chunk_ms 20] [--seconds 10] [--max_batch 16] [--batch_wait_s 0.04] \
+        [--sizes 256 512] [--streams 1 2 4 8 16] [--chunk_ms 20] [--seconds 10] [--max_batch 16] [--batch_wait_s 0] \
         [--right_context_s 0.1] [--compile {auto,on,off}] [--no_cuda_graph] [--tiny]
     # context: features and frames of a stream at each right / left context against the whole clip's
     python bench/bench_realtime.py --clip FACE.mp4 --audio SPEECH.wav --work /tmp/bench_rt --context_sweep \
@@ -287,7 +287,7 @@ def main(argv=None):
     p.add_argument("--chunk_ms", nargs="*", type=int, default=[20])
     p.add_argument("--seconds", type=float, default=10.0, help="speech per stream (the audio is looped)")
     p.add_argument("--max_batch", type=int, default=16)
-    p.add_argument("--batch_wait_s", type=float, default=0.04, help="avatar_server.py's")
+    p.add_argument("--batch_wait_s", type=float, default=0.0, help="avatar_server.py's")
     p.add_argument("--right_context_s", type=float, default=StreamOptions().right_context_s)
     p.add_argument("--device", default="auto")
     p.add_argument("--compile", choices=("auto", "on", "off"), default="auto", help="the server's --compile")

@@ -30,7 +30,8 @@ long_speech=.clips/audio/musetalk_eng.wav        # 60 s: 1,500 frames
 all="install prep ref_train_2 train_b2_fast train_b2_stock train_b2_graphs ref_infer infer_default \
 infer_compile_cold infer_auto_warm ref_train_16 train_b16_fast train_b16_stock steady_768 steady_256_eager \
 steady_256 infer_autotune steady_768_autotune train_b2_compile train_b2_graphs_single train_b16_graphs \
-eval_speed eval_one_pass realtime_256 realtime_512 realtime_256_compile realtime_512_compile stream_encoder"
+eval_speed eval_one_pass realtime_256 realtime_512 realtime_256_compile realtime_512_compile realtime_256_wait \
+stream_encoder"
 if [ "$tiny" = 1 ]; then
   all="prep train_b2_fast train_b2_stock infer_default"; cap_scale=5   # a slow shared CPU
   clip=${GPU_SPEED_CLIP:?GPU_SPEED_TINY=1 needs GPU_SPEED_CLIP, GPU_SPEED_SPEECH}; speech=${GPU_SPEED_SPEECH:?}
@@ -180,6 +181,7 @@ piece realtime_256 90 200 realtime 256 --compile off
 piece realtime_512 90 200 realtime 512 --compile off
 piece realtime_256_compile 190 300 realtime 256 --compile on
 piece realtime_512_compile 200 300 realtime 512 --compile on --streams 1 2 3 4
+piece realtime_256_wait 70 150 realtime 256 --compile on --batch_wait_s 0.04 --streams 2 4 8 16   # after the compile
 
 echo
 "$py" bench/gpu_speed.py table "$out" | tee "$out/table.md"

@@ -59,7 +59,8 @@ def load_models(checkpoint_path, unet_config=None, audio_encoder: str | None = N
     channels_last: both nets are GroupNorm-heavy and ran slower channels_last (BENCHMARKS.md); compile:
     `compile_models`. autotune: cuDNN times every convolution shape at its first call (cudnn.benchmark): on in
     the avatar server (fixed shapes, recorded once at start-up), off for clips, whose first batch it delayed by
-    seconds for no faster frames (BENCHMARKS.md); LIPSYNC_CUDNN_BENCHMARK=1 / 0 overrides it. CPU: fp32. The audio encoder stays fp32."""
+    seconds for no faster frames (BENCHMARKS.md); LIPSYNC_CUDNN_BENCHMARK=1 / 0 overrides it. CPU: fp32. The
+    audio encoder stays fp32."""
     device = resolve_device(device)
     loaded = load_generator(checkpoint_path, _read_unet_config(unet_config) if unet_config else None)
     card = loaded.card

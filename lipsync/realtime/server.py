@@ -14,11 +14,11 @@ Protocol, `WS /stream?avatar=NAME[&format=s16le|f32le][&rate=16000]`:
 Flow: the connection's receiver validates each chunk (pcm_samples) and hands it to the scheduler; it stops reading
 while the connection has more than `max_backlog_s` of audio without frames (a client sending faster than real
 time is held back by TCP). The scheduler loop: drain every connection's chunks; once some connection's speech
-is ready, wait (at most `batch_wait_s`) until every connection that is still sending has some ready too, so that
-one device step serves all of them (de-phased streams would otherwise get a small step each, and small steps
-cost nearly as much as full ones); encode their due feature windows (one Wav2Vec2 call per window length), take
-up to `max_batch` due frames round-robin over connections, generate them in one batch (FrameGenerator), and
-queue (frame index, face) on each connection. A sender per
+is ready, wait (at most `batch_wait_s`; off by default) until every connection that is still sending has some
+ready too, so that one device step serves all of them (de-phased streams would otherwise get a small step each,
+and small steps cost nearly as much as full ones); encode their due feature windows (one Wav2Vec2 call per
+window length), take up to `max_batch` due frames round-robin over connections, generate them in one batch
+(FrameGenerator), and queue (frame index, face) on each connection. A sender per
 connection pastes and JPEG-encodes its frames in a thread pool (OpenCV releases the GIL) and sends them in order.
 A connection with more than `max_queued_frames` unsent frames (a client that stopped reading) is closed; a closed
 or dropped one is forgotten at the next tick. Neither holds up the scheduler.
@@ -69,8 +69,9 @@ class ServerOptions:
     stream: StreamOptions = field(default_factory=StreamOptions)
     max_batch: int = 16  # rows of one generation call (frames of all connections together)
     # how long a connection's ready speech may wait for the other connections' (one device step for all of them
-    # instead of one each: fewer, fuller batches; module doc); 0: step as soon as anything is ready
-    batch_wait_s: float = 0.04
+    # instead of one each: fewer, fuller batches; module doc); 0 (the default until it is timed on a GPU): step as
+    # soon as anything is ready
+    batch_wait_s: float = 0.0
     cuda_graph: bool = True  # CUDA: replay UNet + decode as recorded graphs (one per power-of-two batch)
     jpeg_quality: int = 85
     max_queued_frames: int = 50  # unsent frames of a connection before it is closed as too slow (2 s at 25 fps)
