@@ -123,6 +123,14 @@ def test_a_stream_gets_every_frame_in_order_as_avatar_stream_makes_them(server, 
         assert np.abs(got.astype(float) - want).mean() < 3.0
 
 
+def test_an_end_without_audio_gets_its_end_message(server):
+    with connect(server.url("avatar=grid"), open_timeout=WAIT_S, ping_interval=None) as ws:
+        assert json.loads(ws.recv(timeout=WAIT_S))["type"] == "ready"
+        ws.send(json.dumps({"type": "end"}))
+        frames, end = receive_all(ws)
+    assert frames == [] and end == {"type": "end", "frames": 0}
+
+
 def test_float32_pcm_and_a_still_avatar(server, pcm):
     ready, frames, end = stream_file(server, pcm[:16000], avatar="grid2", ms=100, sample_format="f32le")
     assert ready["format"] == "f32le" and end["frames"] == len(frames) == 25

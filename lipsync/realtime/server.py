@@ -227,16 +227,19 @@ class Scheduler:
 
     def _pause(self, live: list[Connection], now: float) -> float | None:
         """None: step now. Else seconds to wait for more connections' speech: while some connection's speech is
-        ready, none has waited `batch_wait_s`, no frame is overdue, and another connection that is still sending
-        (a chunk within the last `batch_wait_s` plus a chunk's time) has nothing ready yet."""
-        ready = [c for c in live if c.stream.window_ready() or c.stream.frame_due()]
+        ready, none has waited `batch_wait_s`, no frame is overdue, no stream has finished (its end is sent in a
+        step), and another connection that is still sending (a chunk within the last `batch_wait_s` plus a chunk's
+        time) has nothing ready yet."""
+        if any(c.stream.frame_due() or c.stream.finished for c in live):
+            return None
+        ready = [c for c in live if c.stream.window_ready()]
         if not ready:
             return IDLE_WAIT_S
         for connection in ready:
             if connection.ready_since is None:
                 connection.ready_since = now
         deadline = min(c.ready_since for c in ready) + self.options.batch_wait_s
-        if now >= deadline or any(c.stream.frame_due() for c in live):
+        if now >= deadline:
             return None
         recent = now - self.options.batch_wait_s - SENDING_WINDOW_S
         if all(c in ready or c.stream.features.ended or c.heard_at < recent for c in live):
