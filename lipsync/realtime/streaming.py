@@ -291,7 +291,7 @@ class AvatarStream:
         features = self.features
         while len(jobs) < limit and self.frame_due():
             k = self.next_frame
-            known = features.total if features.ended else features.available
+            known = features.available  # == features.total once the stream has ended (frame_due)
             source = self.avatar.source_frame(k)
             audio = None
             if known > 0:
