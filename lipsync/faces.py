@@ -195,15 +195,19 @@ def raw_boxes(frames: Iterable[np.ndarray], detector: FaceDetector | None, batch
     """The first half of `face_boxes`: detector boxes (or the fixed user `box`) [N, 4], NaN rows without a face."""
     if box is not None:
         return fixed_box(box, sum(1 for _ in frames))
-    return np.concatenate([detector.detect(np.stack(batch)) for batch in batched(frames, batch_size)] or
-                          [np.zeros((0, 4), dtype=np.float32)])
+    return detect_video(frames, detector, batch_size)[0]
 
 
-def detect_video(frames: np.ndarray, detector: FaceDetector, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """A whole video's detections in one pass, in `raw_boxes`' batches (so the same numbers): frames [N, H, W, 3]
-    -> (raw boxes [N, 4], landmarks [N, 5, 2]), NaN rows without a face. For callers that need both, or need
-    them for several things (the evaluator's metrics)."""
-    found = [detector.detect_with_landmarks(frames[i:i + batch_size]) for i in range(0, len(frames), batch_size)]
+def detect_video(frames: Iterable[np.ndarray], detector: FaceDetector,
+                 batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """A whole video's detections, batch by batch: frames (an array [N, H, W, 3], sliced, or any iterable of
+    [H, W, 3], consumed a batch at a time) -> (raw boxes [N, 4], landmarks [N, 5, 2]), NaN rows without a face.
+    The evaluator's metrics share one such pass per video."""
+    if isinstance(frames, np.ndarray):
+        batches = (frames[i:i + batch_size] for i in range(0, len(frames), batch_size))
+    else:
+        batches = (np.stack(batch) for batch in batched(frames, batch_size))
+    found = [detector.detect_with_landmarks(batch) for batch in batches]
     if not found:
         return np.zeros((0, 4), np.float32), np.zeros((0, 5, 2), np.float32)
     return np.concatenate([b for b, _ in found]), np.concatenate([p for _, p in found])
